@@ -1,0 +1,9 @@
+"""fmlab: an open, notebook-driven workbench for Apple Foundation Models adapters."""
+from .common import FmlabError
+from .config import LoRAConfig, ModelConfig, from_tamm_json, preset
+from .model import Transformer, build_model, count_parameters
+
+__version__ = "0.1.0"
+
+__all__ = ["FmlabError", "LoRAConfig", "ModelConfig", "Transformer", "__version__", "build_model",
+           "count_parameters", "from_tamm_json", "preset"]

@@ -1,0 +1,71 @@
+"""The assets-directory contract: build the base and draft models (and tokenizer) from a directory
+laid out like Apple's toolkit `assets/` (design.md). The embedded `fmlab-tiny` uses the same layout.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoint import from_apple, load_adapter, load_torch, warn_if_lora_nonzero
+from .common import FmlabError, assets_dir
+from .config import from_tamm_json
+from .model import Transformer, build_model
+
+BASE_CONFIG, BASE_WEIGHTS = "base-model-config.json", "base-model.pt"
+DRAFT_CONFIG, DRAFT_WEIGHTS = "draft-model-config.json", "draft-model.pt"
+TOKENIZER = "tokenizer.model"
+
+
+def _require(directory: Path, name: str) -> Path:
+    path = directory / name
+    if not path.is_file():
+        raise FmlabError(f"{directory}: missing {name} (an assets directory needs {BASE_CONFIG}, "
+                         f"{BASE_WEIGHTS}, {DRAFT_CONFIG}, {DRAFT_WEIGHTS} and {TOKENIZER})")
+    return path
+
+
+def load_model(config_path: Path, weights_path: Path, device="cpu", frozen_dtype: torch.dtype | None = None,
+               adapter: str | Path | None = None) -> Transformer:
+    """Build from a tamm config, load Apple-keyed weights strictly (memory-mapped), optionally cast
+    the frozen base weights (LoRA and norms stay fp32) and load an adapter or draft checkpoint on top."""
+    cfg = from_tamm_json(config_path)
+    model = build_model(cfg, device="meta")
+    state = from_apple(load_torch(weights_path), cfg, str(weights_path))
+    warn_if_lora_nonzero(state, str(weights_path))
+    model.load_state_dict(state, strict=True, assign=True)
+    model.to(device)
+    if frozen_dtype is not None:
+        cast_frozen(model, frozen_dtype)
+    if adapter is not None:
+        if cfg.lora is not None:
+            load_adapter(model, adapter)
+        else:      # a draft checkpoint is a whole model, in Apple's draft layout
+            model.load_state_dict(from_apple(load_torch(adapter), cfg, str(adapter)), strict=True)
+    return model.eval()
+
+
+def load_base(assets: str | Path | None = None, checkpoint: str | Path | None = None, device="cpu",
+              frozen_dtype: torch.dtype | None = None) -> Transformer:
+    d = assets_dir(assets)
+    return load_model(_require(d, BASE_CONFIG), _require(d, BASE_WEIGHTS), device, frozen_dtype, checkpoint)
+
+
+def load_draft(assets: str | Path | None = None, checkpoint: str | Path | None = None, device="cpu",
+               frozen_dtype: torch.dtype | None = None) -> Transformer:
+    d = assets_dir(assets)
+    return load_model(_require(d, DRAFT_CONFIG), _require(d, DRAFT_WEIGHTS), device, frozen_dtype, checkpoint)
+
+
+def load_tokenizer(assets: str | Path | None = None):
+    from .tokenizer import Tokenizer
+
+    return Tokenizer.from_file(_require(assets_dir(assets), TOKENIZER))
+
+
+def cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Store frozen matrices in `dtype` (bf16 halves memory and skips autocast's per-step weight casts);
+    LoRA weights, norms and buffers stay fp32."""
+    for name, p in model.named_parameters():
+        if p.ndim == 2 and ".lora_" not in name:
+            p.data = p.data.to(dtype)

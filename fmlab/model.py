@@ -1,0 +1,207 @@
+"""AFMTextV7, Apple's on-device foundation model architecture (afm-facts.md §1), in plain PyTorch.
+
+Pre-norm blocks with fp32 RMSNorm; GQA attention with interleaved (GPT-J) RoPE applied *before* the
+per-head QK RMSNorm; SwiGLU MLP (gate first); tied embedding/output; no biases. The first
+`num_layers - num_kv_reuse_layers` blocks (Apple's `segment_0`) are regular; the rest (`segment_1`)
+have no K/V projections and attend to the K/V exported by segment_0's last block (after RoPE, QK-norm
+and int8 KV fake-quant). Attention is document-masked from segment ids, with positions restarting
+per document, so packed rows never see each other.
+
+Internal names are short (`attn.qkv`, `mlp.gate_up`); `checkpoint.py` maps them to Apple's keys.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import ModelConfig
+from .kv_cache import KVCache, layout_from_segments
+from .lora import Linear, apply_lora
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # normalise in fp32 whatever the input dtype, as tamm does, then cast back
+        y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps) * self.weight
+        return y.to(x.dtype)
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, theta: float):
+    """cos, sin of shape (B, 1, T, head_dim/2) for integer positions (B, T)."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions[:, None, :, None].float() * inv_freq     # (B, 1, T, hd/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Interleaved rotation: dims (2i, 2i+1) form the pair rotated by angle i. x: (B, H, T, hd)."""
+    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)        # (B, H, T, hd/2) each
+    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return out.flatten(-2).to(x.dtype)
+
+
+def fake_quant_int8(x: torch.Tensor, value_range: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 fake-quantisation with a frozen [min, max] range (zero point 0)."""
+    scale = torch.maximum(value_range[0] / -128.0, value_range[1] / 127.0).reshape(1)
+    zero = torch.zeros(1, dtype=torch.int32, device=x.device)
+    return torch.fake_quantize_per_tensor_affine(x.float(), scale, zero, -128, 127).to(x.dtype)
+
+
+def attend(q, k, v, mask):
+    """SDPA with GQA. `mask` None means causal when q and k have equal length, else no mask."""
+    causal = mask is None and q.shape[2] > 1
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                          enable_gqa=q.shape[1] != k.shape[1])
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, reuse_kv: bool):
+        super().__init__()
+        self.n_heads, self.n_kv, self.hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.reuse_kv = reuse_kv
+        q_dim, kv_dim = self.n_heads * self.hd, self.n_kv * self.hd
+        if reuse_kv:
+            self.q = Linear(cfg.hidden_dim, {"q": q_dim})
+        else:
+            self.qkv = Linear(cfg.hidden_dim, {"q": q_dim, "k": kv_dim, "v": kv_dim})
+            self.k_norm = RMSNorm(self.hd, cfg.norm_eps)
+        self.q_norm = RMSNorm(self.hd, cfg.norm_eps)
+        self.out = Linear(q_dim, {"o": cfg.hidden_dim})
+        self.kv_quant = cfg.kv_quant and not reuse_kv
+        if self.kv_quant:
+            # frozen observer state as in Apple's checkpoints; all zeros = not calibrated = identity
+            for name in ("k", "v"):
+                self.register_buffer(f"{name}_range", torch.zeros(2))
+                self.register_buffer(f"{name}_samples", torch.zeros((), dtype=torch.int64))
+
+    def kv_quant_active(self) -> bool:
+        return self.kv_quant and bool(self.k_range.any() or self.v_range.any())
+
+    def forward(self, x, cos, sin, mask, kv=None, cache: KVCache | None = None, index: int = 0):
+        B, T, _ = x.shape
+        if self.reuse_kv:
+            q = self.q(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)      # (B, H, T, hd)
+            q = self.q_norm(apply_rope(q, cos, sin))
+            k, v = kv
+        else:
+            q, k, v = self.qkv(x).split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
+            q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)              # (B, H, T, hd)
+            k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)                 # (B, KV, T, hd)
+            v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
+            q = self.q_norm(apply_rope(q, cos, sin))    # RoPE before QK-norm, as in AFM
+            k = self.k_norm(apply_rope(k, cos, sin))
+            if self.kv_quant and self.kv_quant_active():
+                k, v = fake_quant_int8(k, self.k_range), fake_quant_int8(v, self.v_range)
+            if cache is not None:
+                k, v = cache.store(index, k, v)
+        y = attend(q, k.to(q.dtype), v.to(q.dtype), mask)
+        return self.out(y.transpose(1, 2).reshape(B, T, -1)), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_up = Linear(cfg.hidden_dim, {"gate": cfg.ffn_dim, "up": cfg.ffn_dim})
+        self.down = Linear(cfg.ffn_dim, {"down": cfg.hidden_dim})
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, reuse_kv: bool):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_dim, cfg.norm_eps)
+        self.attn = Attention(cfg, reuse_kv)
+        self.mlp_norm = RMSNorm(cfg.hidden_dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, kv=None, cache=None, index=0):
+        h, kv = self.attn(self.attn_norm(x), cos, sin, mask, kv, cache, index)
+        x = x + h
+        return x + self.mlp(self.mlp_norm(x)), kv
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_dim, padding_idx=0)
+        n0 = cfg.num_regular_layers
+        self.layers = nn.ModuleList(Block(cfg, reuse_kv=i >= n0) for i in range(cfg.num_layers))
+        self.output_norm = RMSNorm(cfg.hidden_dim, cfg.norm_eps)
+        self.checkpoint_every = 0      # activation checkpointing on every n-th block; 0 = off
+        if self.embedding.weight.device.type != "meta":
+            self.apply(self._init_weights)
+        if cfg.lora is not None:
+            apply_lora(self, cfg.lora)
+
+    def _init_weights(self, module):
+        # GPT-2 style: N(0, 0.02), residual output projections scaled down by depth
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            std = 0.02
+            if isinstance(module, Linear) and set(module.parts) & {"o", "down"}:
+                std /= (2 * self.config.num_layers) ** 0.5
+            nn.init.normal_(module.weight, 0.0, std)
+
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None,
+                cache: KVCache | None = None, return_hidden: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab), or the final normed hidden states (B, T, C) with `return_hidden`.
+
+        `segment_ids` (B, T): documents in a row (0 = padding); positions restart per document and
+        attention stays inside it. None means one document per row. With `cache`, the tokens are
+        appended to the cache (prefill, decode, or a speculative block).
+        """
+        B, T = input_ids.shape
+        if cache is not None:
+            positions, mask = cache.advance(segment_ids, T)
+        else:
+            positions, mask = layout_from_segments(segment_ids, B, T, input_ids.device)
+        cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
+        x = self.embedding(input_ids)                                               # (B, T, C)
+        kv = None
+        for i, block in enumerate(self.layers):
+            if self.checkpoint_every and self.training and i % self.checkpoint_every == 0:
+                x, kv = checkpoint(block, x, cos, sin, mask, kv, use_reentrant=False)
+            else:
+                x, kv = block(x, cos, sin, mask, kv, cache, i)
+        h = self.output_norm(x)
+        return h if return_hidden else self.logits(h)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.embedding.weight)    # tied output layer
+
+    def new_cache(self, batch_size: int, max_len: int, dtype=None) -> KVCache:
+        w = self.embedding.weight
+        return KVCache(self.config, batch_size, max_len, w.device, dtype or w.dtype)
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int | None = None) -> Transformer:
+    """A model with fresh weights (on `device`; "meta" allocates nothing)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.device(device):
+        return Transformer(cfg)
+
+
+def count_parameters(model: Transformer) -> dict[str, int]:
+    """Parameters per component: embedding, segment_0, segment_1 (base weights only), and LoRA."""
+    n0 = model.config.num_regular_layers
+    counts = {"embedding": 0, "segment_0": 0, "segment_1": 0, "output_norm": 0, "lora": 0}
+    for name, p in model.named_parameters():
+        if ".lora_" in name:
+            counts["lora"] += p.numel()
+        elif name.startswith("layers."):
+            counts["segment_0" if int(name.split(".")[1]) < n0 else "segment_1"] += p.numel()
+        else:
+            counts[name.split(".")[0]] += p.numel()
+    counts["base_total"] = sum(v for k, v in counts.items() if k != "lora")
+    return counts
