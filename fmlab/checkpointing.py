@@ -1,0 +1,123 @@
+"""Checkpoint policy for a training run: best-N by eval loss, always `<prefix>-final.pt`, a
+`checkpoints.json` manifest with checksums, and a `last.pt` resume state (trainable weights,
+optimizer, scheduler, RNG, data position). Every file is written atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .common import FmlabError, atomic_torch_save, atomic_write
+
+MANIFEST, LAST = "checkpoints.json", "last.pt"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(checkpoint_dir: str | Path) -> dict:
+    path = Path(checkpoint_dir) / MANIFEST
+    if not path.is_file():
+        raise FmlabError(f"{path}: no checkpoint manifest (was this directory written by fmlab train?)")
+    return json.loads(path.read_text())
+
+
+def best_checkpoint(checkpoint_dir: str | Path, key: str = "eval_loss") -> Path:
+    """The kept checkpoint with the lowest `key` (eval loss by default), falling back to the final one."""
+    manifest = read_manifest(checkpoint_dir)
+    kept = [c for c in manifest["checkpoints"] if c.get(key) is not None]
+    chosen = min(kept, key=lambda c: c[key]) if kept else manifest.get("final")
+    if not chosen:
+        raise FmlabError(f"{checkpoint_dir}: manifest lists no checkpoint")
+    return Path(checkpoint_dir) / chosen["path"]
+
+
+class CheckpointManager:
+    def __init__(self, out_dir: str | Path, prefix: str, save_weights: Callable, keep_best: int = 2,
+                 config: dict | None = None):
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.prefix, self.save_weights, self.keep_best = prefix, save_weights, keep_best
+        self.manifest = {"prefix": prefix, "config": config or {}, "checkpoints": [], "final": None}
+        if (self.dir / MANIFEST).is_file():
+            self.manifest = read_manifest(self.dir)
+
+    def _write_manifest(self):
+        with atomic_write(self.dir / MANIFEST, "w") as f:
+            json.dump(self.manifest, f, indent=2)
+
+    def _record(self, path: Path, **info) -> dict:
+        return {"path": path.name, "sha256": sha256(path), **info}
+
+    def save_candidate(self, model, name: str, metric: float, **info) -> bool:
+        """Save `<prefix>-<name>.pt` if it ranks among the best N by `metric`; drop the ones it beats."""
+        entries = self.manifest["checkpoints"]
+        worst = max(entries, key=lambda c: c["metric"]) if len(entries) >= self.keep_best else None
+        if worst is not None and metric >= worst["metric"]:
+            return False
+        path = self.dir / f"{self.prefix}-{name}.pt"
+        self.save_weights(model, path)
+        entries[:] = [c for c in entries if c["path"] != path.name]
+        entries.append(self._record(path, metric=metric, **info))
+        entries.sort(key=lambda c: c["metric"])
+        for dropped in entries[self.keep_best:]:
+            (self.dir / dropped["path"]).unlink(missing_ok=True)
+        del entries[self.keep_best:]
+        self._write_manifest()
+        return True
+
+    def save_final(self, model, **info) -> Path:
+        path = self.dir / f"{self.prefix}-final.pt"
+        self.save_weights(model, path)
+        self.manifest["final"] = self._record(path, **info)
+        self._write_manifest()
+        return path
+
+    def annotate(self, path_name: str, **info):
+        """Add measurements (e.g. acceptance rate) to a checkpoint's manifest entry."""
+        for entry in self.manifest["checkpoints"] + [self.manifest["final"] or {}]:
+            if entry.get("path") == path_name:
+                entry.update(info)
+        self._write_manifest()
+
+    # --- exact resume ------------------------------------------------------------------------------
+
+    def save_last(self, model, optimizer, scheduler, scaler, position: dict):
+        state = {
+            "trainable": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            "position": position,
+        }
+        atomic_torch_save(state, self.dir / LAST)
+
+    def load_last(self, model, optimizer, scheduler, scaler) -> dict:
+        path = self.dir / LAST
+        if not path.is_file():
+            raise FmlabError(f"{path}: nothing to resume from (no last.pt in the checkpoint directory)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        params = dict(model.named_parameters())
+        missing = set(state["trainable"]) - set(params)
+        if missing:
+            raise FmlabError(f"{path}: resume state does not fit this model ({sorted(missing)[:3]} ...)")
+        with torch.no_grad():
+            for n, t in state["trainable"].items():
+                params[n].copy_(t)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        return state["position"]

@@ -1,0 +1,158 @@
+"""The training loop: token-normalised accumulation, exact resume, checkpoints, NaN guard, schedules, DDP."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fmlab.checkpoint import read_adapter
+from fmlab.checkpointing import best_checkpoint, read_manifest
+from fmlab.common import FmlabError
+from fmlab.config import preset
+from fmlab.lora import lora_state_dict, mark_only_lora_trainable
+from fmlab.model import build_model
+from fmlab.train import TrainConfig, lr_lambda, token_loss, train
+
+
+class Rows:
+    """Deterministic toy data: variable-length rows, each its own document, batched per epoch."""
+
+    def __init__(self, n=8, batch_size=2, seed=0, vocab=512):
+        g = torch.Generator().manual_seed(seed)
+        self.rows = []
+        for _ in range(n):
+            length = int(torch.randint(6, 14, (), generator=g))
+            ids = torch.randint(2, vocab, (length,), generator=g)
+            ids[0] = 1                                                 # eos starts every sample
+            labels = torch.full((length,), -100)
+            labels[length // 2:-1] = ids[length // 2 + 1:]            # pre-shifted targets
+            self.rows.append((ids, labels))
+        self.batch_size = batch_size
+
+    def __len__(self):
+        return -(-len(self.rows) // self.batch_size)
+
+    def epoch(self, n):
+        order = torch.randperm(len(self.rows), generator=torch.Generator().manual_seed(100 + n)).tolist()
+        for b in range(len(self)):
+            yield collate([self.rows[i] for i in order[b * self.batch_size:(b + 1) * self.batch_size]])
+
+
+def collate(rows):
+    T = max(len(r[0]) for r in rows)
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    labels = torch.full((len(rows), T), -100)
+    for i, (x, y) in enumerate(rows):
+        ids[i, :len(x)], labels[i, :len(y)] = x, y
+    seg = torch.where(ids == 0, 0, 2)
+    return {"input_ids": ids, "label_ids": labels, "segment_ids": seg}
+
+
+def fresh_model():
+    model = build_model(preset("tiny"), seed=0)
+    with torch.no_grad():
+        model.embedding.weight.mul_(25)     # logits with room to move, so a tiny LoRA can fit the data
+    mark_only_lora_trainable(model)
+    return model
+
+
+def run(tmp, data, eval_data=None, **overrides):
+    cfg = TrainConfig(**{"epochs": 2, "precision": "f32", "learning_rate": 1e-2, **overrides})
+    model = fresh_model()
+    summary = train(model, token_loss, data, eval_data, cfg, tmp)
+    return model, summary
+
+
+def test_accumulation_equals_big_batch(tmp_path):
+    big, _ = run(tmp_path / "a", Rows(batch_size=4), epochs=1)
+    small, _ = run(tmp_path / "b", Rows(batch_size=2), epochs=1, gradient_accumulation_steps=2)
+    for k, v in lora_state_dict(big).items():
+        torch.testing.assert_close(lora_state_dict(small)[k], v, atol=1e-6, rtol=1e-5)
+
+
+def test_loss_falls_and_files_are_written(tmp_path):
+    data = Rows(n=4, batch_size=2)
+    _, summary = run(tmp_path, data, eval_data=list(data.epoch(0)), epochs=30, learning_rate=5e-2)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[-1] < 0.7 * losses[0]
+    assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "peak_memory_mb"} <= set(rows[0])
+    assert any("eval_loss" in r for r in rows)
+    manifest = read_manifest(tmp_path)
+    assert len(manifest["checkpoints"]) == 2 and manifest["final"]["path"] == "adapter-final.pt"
+    kept = sorted(p.name for p in tmp_path.glob("adapter-epoch*.pt"))
+    assert kept == sorted(c["path"] for c in manifest["checkpoints"])
+    best = min(manifest["checkpoints"], key=lambda c: c["eval_loss"])
+    assert best_checkpoint(tmp_path).name == best["path"]
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path):
+    data = Rows(n=8, batch_size=2)
+    full, _ = run(tmp_path / "full", data, epochs=2)
+
+    class Crash:
+        def on_step(self, row):
+            if row["step"] == 5:
+                raise KeyboardInterrupt
+
+    cfg = TrainConfig(epochs=2, precision="f32", learning_rate=1e-2)
+    with pytest.raises(KeyboardInterrupt):
+        train(fresh_model(), token_loss, data, None, cfg, tmp_path / "crash", callbacks=[Crash()], save_every=1)
+    resumed = fresh_model()
+    train(resumed, token_loss, data, None, cfg, tmp_path / "crash", resume=True)
+    for k, v in lora_state_dict(full).items():
+        assert torch.equal(lora_state_dict(resumed)[k], v), k
+    steps = [json.loads(line)["step"] for line in (tmp_path / "crash" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))            # no duplicated rows after the crash
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
+    data = Rows(n=4, batch_size=2)
+    model = fresh_model()
+    cfg = TrainConfig(epochs=1, precision="f32")
+    train(model, token_loss, data, None, cfg, tmp_path)
+    good = read_adapter(tmp_path / "adapter-final.pt", model.config)
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if ".lora_a." in n).fill_(float("nan"))
+    with pytest.raises(FmlabError, match="non-finite"):
+        train(model, token_loss, data, None, cfg, tmp_path)
+    after = read_adapter(tmp_path / "adapter-final.pt", model.config)
+    assert all(torch.equal(after[k], v) for k, v in good.items())
+
+
+def test_schedules():
+    cfg = TrainConfig(epochs=2, warmup_epochs=1)
+    f = lr_lambda(cfg, 10)
+    assert f(0) < f(5) < f(9) <= 1.0 and f(10) == pytest.approx(1.0) and f(19) < 0.05
+    const = lr_lambda(TrainConfig(epochs=2, warmup_fraction=0.25, schedule="constant"), 10)
+    assert const(2) < 1.0 and const(5) == const(19) == 1.0
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(FmlabError, match="precision"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(FmlabError, match="batch-size"):
+        TrainConfig(batch_size=0)
+
+
+def test_bf16_mixed_trains_fp32_lora_over_bf16_base(tmp_path):
+    model, _ = run(tmp_path, Rows(n=4), epochs=1, precision="bf16-mixed")
+    assert model.layers[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert all(v.dtype == torch.float32 for v in lora_state_dict(model).values())
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(tmp_path):
+    """torchrun with 2 CPU processes (gloo) at the same global batch gives the same adapter."""
+    one, _ = run(tmp_path / "one", Rows(n=8, batch_size=2), epochs=1, gradient_accumulation_steps=2)
+    script = Path(__file__).with_name("ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_port", "29531", str(script), str(tmp_path / "two")],
+                   check=True, env=env, timeout=300, capture_output=True)
+    two = read_adapter(tmp_path / "two" / "adapter-final.pt", one.config)
+    for k, v in lora_state_dict(one).items():
+        torch.testing.assert_close(two[k], v, atol=1e-5, rtol=1e-4)
