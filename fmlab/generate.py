@@ -1,0 +1,135 @@
+"""Generation over the static KV cache (gpt-fast style): `prefill` the prompt, then `decode_one`
+token at a time. Batched prompts are left-padded; a row stops at eos or `<turn_end>`. Prompts are
+rendered by `chat.encode_prompt`, the same code that renders training samples.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .common import FmlabError
+from .sampling import Sampling, sample
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    ttft_s: float                      # time to first token (prefill + first sample)
+    latency_s: float                   # whole request
+    finish_reason: str                 # "stop" (eos / <turn_end>) or "length"
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.token_ids) / max(self.latency_s - self.ttft_s, 1e-9) if len(self.token_ids) > 1 else 0.0
+
+
+def stop_ids(tokenizer) -> set[int]:
+    return {tokenizer.eos_id, tokenizer.turn_end_id}
+
+
+def precision_context(precision: str, device: torch.device):
+    if precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "f16-mixed":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, eos_id: int):
+    """(input_ids, segment_ids) with every prompt right-aligned; pads get segment 0 (Apple's layout)."""
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p):] = torch.tensor(p, dtype=torch.long)
+    pad = torch.arange(T)[None, :] < torch.tensor([T - len(p) for p in prompts])[:, None]
+    seg = torch.where(pad, 0, 1 + torch.cumsum(ids == eos_id, dim=1))
+    return ids, seg
+
+
+def check_context(model, prompt_len: int, max_new_tokens: int):
+    limit = model.config.context_length
+    if prompt_len + max_new_tokens > limit:
+        raise FmlabError(f"prompt ({prompt_len} tokens) + max new tokens ({max_new_tokens}) = "
+                         f"{prompt_len + max_new_tokens} exceeds the model's context of {limit}; "
+                         f"shorten the prompt or lower --max-new-tokens")
+
+
+@torch.inference_mode()
+def generate_ids(model, prompts: list[list[int]], stop: set[int], max_new_tokens: int = 50,
+                 sampling: Sampling | None = None, pad_id: int = 0, eos_id: int = 1,
+                 precision: str = "f32", on_token: Callable[[int, int], None] | None = None):
+    """Token-level generation for a batch of prompt ids. Returns (new ids per row, finish reasons, ttft)."""
+    sampling = sampling or Sampling()
+    device = model.embedding.weight.device
+    ids, seg = left_pad(prompts, pad_id, eos_id)
+    check_context(model, ids.shape[1], max_new_tokens)
+    gen = torch.Generator(device=device).manual_seed(sampling.seed)
+    cache = model.new_cache(len(prompts), ids.shape[1] + max_new_tokens,
+                            dtype=torch.bfloat16 if precision == "bf16-mixed" else None)
+    out = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    start = time.perf_counter()
+    ttft = None
+    with precision_context(precision, device):
+        logits = model(ids.to(device), segment_ids=seg.to(device), cache=cache)[:, -1]     # prefill
+        for _ in range(max_new_tokens):
+            nxt = sample(logits, sampling, gen)
+            ttft = ttft if ttft is not None else time.perf_counter() - start
+            for i, t in enumerate(nxt.tolist()):
+                if not done[i]:
+                    out[i].append(t)
+                    done[i] = t in stop
+                    if on_token:
+                        on_token(i, t)
+            if all(done):
+                break
+            logits = model(nxt[:, None], cache=cache)[:, -1]                           # decode_one
+    reasons = ["stop" if row and row[-1] in stop else "length" for row in out]
+    return out, reasons, ttft or 0.0
+
+
+def encode_prompts(tokenizer, prompts) -> list[list[int]]:
+    """Message lists, plain strings (one user turn) or token-id lists → prompt ids."""
+    from .chat import encode_prompt
+
+    encoded = []
+    for p in prompts:
+        if isinstance(p, str):
+            p = [{"role": "user", "content": p}]
+        encoded.append(list(p) if p and isinstance(p[0], int) else encode_prompt(tokenizer, p))
+    return encoded
+
+
+def generate(model, tokenizer, prompts, max_new_tokens: int = 50, sampling: Sampling | None = None,
+             batch_size: int = 1, precision: str = "f32",
+             stream: Callable[[int, str], None] | None = None) -> list[Generation]:
+    """Generate a reply for each prompt (message list or plain user text), `batch_size` at a time.
+    `stream(i, text)` is called with each new piece of text of prompt i."""
+    encoded = encode_prompts(tokenizer, prompts)
+    stop = stop_ids(tokenizer)
+    results = []
+    for b in range(0, len(encoded), batch_size):
+        chunk = encoded[b:b + batch_size]
+        pieces = [[] for _ in chunk]
+
+        def on_token(i, t, b=b, pieces=pieces):
+            if stream and t not in stop:
+                before = tokenizer.decode(pieces[i])
+                pieces[i].append(t)
+                stream(b + i, tokenizer.decode(pieces[i])[len(before):])
+
+        start = time.perf_counter()
+        out, reasons, ttft = generate_ids(model, chunk, stop, max_new_tokens, sampling, tokenizer.pad_id,
+                                          tokenizer.eos_id, precision, on_token if stream else None)
+        latency = time.perf_counter() - start
+        for ids, prompt, reason in zip(out, chunk, reasons):
+            text_ids = [t for t in ids if t not in stop]
+            results.append(Generation(tokenizer.decode(text_ids), ids, len(prompt), ttft, latency, reason))
+    return results
