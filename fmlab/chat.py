@@ -153,7 +153,8 @@ def loss_mask_html(tokenizer, ids: list[int], labels: list[int]) -> str:
             text = "↵<br>"
         else:
             text = html.escape(piece.replace("\u2581", " "))
-        style = "background:#b7ebb7;" if target else ""
+        style = "box-shadow:inset -1px 0 #ccc;"  # a faint edge shows where tokens split
+        style += "background:#b7ebb7;" if target else ""
         if token in special:
             style += "color:#888;"
         spans.append(f'<span style="{style}" title="{token}">{text}</span>')

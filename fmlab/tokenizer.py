@@ -50,7 +50,17 @@ REQUIRED_PIECES = {
 
 
 class Tokenizer:
-    """SentencePiece with "\\n" ↔ `<n>` and special ids found by piece name."""
+    """SentencePiece with "\\n" ↔ `<n>` and special ids found by piece name (see REQUIRED_PIECES)."""
+
+    pad_id: int
+    eos_id: int
+    unk_id: int
+    newline_id: int
+    turn_start_id: int
+    turn_end_id: int
+    executable_start_id: int
+    executable_end_id: int
+    space_id: int  # "▁" alone: the dummy prefix that the chat template strips
 
     def __init__(self, sp: spm.SentencePieceProcessor, source: str = "<memory>"):
         self.sp = sp
