@@ -10,6 +10,7 @@ import torch
 from .checkpoint import from_apple, load_adapter, load_torch, warn_if_lora_nonzero
 from .common import FmlabError, assets_dir
 from .config import from_tamm_json
+from .lora import mark_only_lora_trainable
 from .model import Transformer, build_model
 
 BASE_CONFIG, BASE_WEIGHTS = "base-model-config.json", "base-model.pt"
@@ -36,6 +37,7 @@ def load_model(config_path: Path, weights_path: Path, device="cpu", frozen_dtype
     model.load_state_dict(state, strict=True, assign=True)
     model.to(device)
     if frozen_dtype is not None:
+        mark_only_lora_trainable(model)
         cast_frozen(model, frozen_dtype)
     if adapter is not None:
         if cfg.lora is not None:
@@ -65,7 +67,7 @@ def load_tokenizer(assets: str | Path | None = None):
 
 def cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Store frozen matrices in `dtype` (bf16 halves memory and skips autocast's per-step weight casts);
-    LoRA weights, norms and buffers stay fp32."""
-    for name, p in model.named_parameters():
-        if p.ndim == 2 and ".lora_" not in name:
+    trainable weights, norms and buffers stay fp32."""
+    for p in model.parameters():
+        if p.ndim == 2 and not p.requires_grad:
             p.data = p.data.to(dtype)

@@ -151,6 +151,12 @@ def load_torch(path: str | Path) -> dict:
         raise FmlabError(f"{path}: not a loadable weights-only PyTorch file ({type(err).__name__}: {err})") from None
 
 
+def save_model(model, path: str | Path) -> None:
+    """The whole model (e.g. a draft) in Apple's key layout (afm-facts.md §2.3), fp32, atomically."""
+    state = {k.removeprefix("_orig_mod."): v.detach().float() for k, v in model.state_dict().items()}
+    atomic_torch_save(to_apple(state, model.config), path)
+
+
 # --- adapters --------------------------------------------------------------------------------------
 
 

@@ -140,3 +140,16 @@ def reset_lora(model: nn.Module, seed: int | None = None) -> None:
         torch.manual_seed(seed)
     for m in lora_modules(model):
         m.reset_lora()
+
+
+def replace_lora(model: nn.Module, config: LoRAConfig) -> None:
+    """Give every adapted projection a fresh adapter with `config` (rank, alpha, targets, dropout)."""
+    unmerge_lora(model)
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, LoRALinear):
+                plain = Linear(child.in_features, child.parts, device=child.weight.device, dtype=child.weight.dtype)
+                plain.weight = child.weight
+                setattr(module, child_name, plain)
+    apply_lora(model, config)
+    model.config.lora = config

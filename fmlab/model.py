@@ -166,10 +166,12 @@ class Transformer(nn.Module):
         else:
             positions, mask = layout_from_segments(segment_ids, B, T, input_ids.device)
         cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
-        x = self.embedding(input_ids)                                               # (B, T, C)
+        # the residual stream keeps the norms' dtype (fp32 unless the whole model is bf16), even when
+        # the frozen embedding is stored in bf16
+        x = self.embedding(input_ids).to(self.output_norm.weight.dtype)             # (B, T, C)
         kv = None
         for i, block in enumerate(self.layers):
-            if self.checkpoint_every and self.training and i % self.checkpoint_every == 0:
+            if self.checkpoint_every and self.training and cache is None and i % self.checkpoint_every == 0:
                 x, kv = checkpoint(block, x, cos, sin, mask, kv, use_reentrant=False)
             else:
                 x, kv = block(x, cos, sin, mask, kv, cache, i)

@@ -1,0 +1,102 @@
+"""Draft-model distillation for speculative decoding: the draft (student) learns to match the base +
+adapter (teacher) on assistant target tokens, through the same `train.train` loop as adapters.
+
+Divergences (per token, over the vocabulary): reverse KL(q_draft || p_teacher), Apple's default
+(afm-facts.md §7); forward KL(p || q); and the generalised JSD(beta) of GKD (Agarwal et al. 2024).
+An optional on-policy fraction scores the student's own continuations with the teacher
+(GKD; DistillSpec, Zhou et al. 2023), which aligns the draft with what it will actually propose.
+"""
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+import torch.nn.functional as F
+
+from .common import FmlabError
+from .train import IGNORE, unwrap
+
+
+def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    log_q, log_p = F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1)
+    return (log_q.exp() * (log_q - log_p)).sum(-1)
+
+
+def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    log_q, log_p = F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """beta * KL(p || m) + (1 - beta) * KL(q || m), m = beta * p + (1 - beta) * q (GKD's JSD(beta))."""
+    log_q, log_p = F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1)
+    log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log(1 - beta)]), dim=0)
+    return (beta * (log_p.exp() * (log_p - log_m)).sum(-1)
+            + (1 - beta) * (log_q.exp() * (log_q - log_m)).sum(-1))
+
+
+DIVERGENCES = {"reverse_kl": reverse_kl, "forward_kl": forward_kl, "jsd": jsd}
+
+
+def target_mask(labels: torch.Tensor) -> torch.Tensor:
+    """Assistant target tokens: labels that are neither ignored nor pad (as Apple's InverseKLLoss)."""
+    return (labels != IGNORE) & (labels != 0)
+
+
+class DistillLoss:
+    """`loss_fn` for `train.train`: summed divergence between the student and a frozen teacher."""
+
+    def __init__(self, teacher, divergence: str = "reverse_kl", temperature: float = 1.0, beta: float = 0.5,
+                 on_policy: float = 0.0, teacher_precision: str = "bf16-mixed", stop: set[int] | None = None,
+                 seed: int = 0):
+        if divergence not in DIVERGENCES:
+            raise FmlabError(f"unknown divergence {divergence!r}; choose from {', '.join(DIVERGENCES)}")
+        if not 0.0 <= on_policy <= 1.0 or not 0.0 < beta < 1.0 or temperature <= 0:
+            raise FmlabError("need 0 <= on_policy <= 1, 0 < beta < 1 and temperature > 0")
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.divergence, self.temperature, self.beta = DIVERGENCES[divergence], temperature, beta
+        self.on_policy, self.stop, self.rng = on_policy, stop or set(), random.Random(seed)
+        self.teacher_precision = teacher_precision
+
+    def _teacher_logits(self, batch, mask):
+        from .generate import precision_context
+
+        device = batch["input_ids"].device
+        ctx = (precision_context(self.teacher_precision, device) if self.teacher_precision != "f32"
+               else torch.autocast(device.type, enabled=False))
+        with torch.no_grad(), ctx:
+            hidden = self.teacher(batch["input_ids"], segment_ids=batch.get("segment_ids"), return_hidden=True)
+            return self.teacher.logits(hidden[mask]).float()
+
+    def __call__(self, student, batch):
+        if self.on_policy and student.training and self.rng.random() < self.on_policy:
+            batch = student_rollouts(unwrap(student), batch, self.stop, seed=self.rng.randrange(2**31))
+        mask = target_mask(batch["label_ids"])
+        teacher_logits = self._teacher_logits(batch, mask)
+        hidden = student(batch["input_ids"], segment_ids=batch.get("segment_ids"), return_hidden=True)
+        student_logits = unwrap(student).logits(hidden[mask]).float()
+        if self.temperature != 1.0:
+            student_logits, teacher_logits = student_logits / self.temperature, teacher_logits / self.temperature
+        return self.divergence(student_logits, teacher_logits, self.beta).sum(), mask.sum()
+
+
+def student_rollouts(student, batch, stop: set[int], seed: int = 0, temperature: float = 1.0):
+    """Replace each row's assistant reply with the student's own sampled continuation of its prompt
+    (same length budget); the new tokens become the targets. Rows must hold one sample each."""
+    from .generate import generate_ids
+    from .packing import collate
+    from .sampling import Sampling
+
+    if bool((batch["segment_ids"].max(1).values > 2).any()):
+        raise FmlabError("on-policy distillation needs unpacked batches (drop --pack-sequences)")
+    rows = []
+    for i, (ids, labels) in enumerate(zip(batch["input_ids"].tolist(), batch["label_ids"].tolist())):
+        targets = [t for t, y in enumerate(labels) if y not in (IGNORE, 0)]
+        prompt = ids[:targets[0] + 1]
+        out, _, _ = generate_ids(student, [prompt], stop, max_new_tokens=len(targets),
+                                 sampling=Sampling(temperature=temperature, top_k=None, seed=seed + i))
+        new = out[0]
+        rows.append((prompt + new, [IGNORE] * (len(prompt) - 1) + new + [IGNORE]))
+    out = collate(rows, pad_id=0, eos_id=1)
+    return {k: v.to(batch["input_ids"].device) for k, v in out.items()}
