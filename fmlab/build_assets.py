@@ -64,12 +64,12 @@ def pretraining_data(tokenizer, recipe: Recipe):
         samples.append(lm_sample(ids[:recipe.max_len], f"chat:{i}"))
     for i, text in enumerate(plain_texts(recipe.plain_texts, recipe.seed)):
         samples.append(lm_sample(([tokenizer.eos_id] + tokenizer.encode(text))[:recipe.max_len], f"text:{i}"))
-    dataset = TokenizedDataset(samples, DatasetReport(num_samples=len(samples)), tokenizer.pad_id,
-                               tokenizer.eos_id, recipe.max_len)
-    held_out = Batches(TokenizedDataset(samples[-256:], dataset.report, tokenizer.pad_id, tokenizer.eos_id,
-                                        recipe.max_len), recipe.batch_size, pack=True)
-    train = Batches(TokenizedDataset(samples[:-256], dataset.report, tokenizer.pad_id, tokenizer.eos_id,
-                                     recipe.max_len), recipe.batch_size, pack=True, shuffle_seed=recipe.seed)
+    def dataset(part):
+        report = DatasetReport(num_samples=len(part), num_with_system=0, turns={})
+        return TokenizedDataset(part, report, tokenizer.pad_id, tokenizer.eos_id, recipe.max_len)
+
+    held_out = Batches(dataset(samples[-256:]), recipe.batch_size, pack=True)
+    train = Batches(dataset(samples[:-256]), recipe.batch_size, pack=True, shuffle_seed=recipe.seed)
     return train, list(held_out.epoch(0))
 
 

@@ -1,0 +1,111 @@
+"""LoRA training throughput: fmlab against Hugging Face transformers + peft on the same work.
+
+A Llama-style model with fmlab-tiny's sizes (hidden, layers, heads, KV heads, FFN, vocabulary) is built
+in both libraries with the same weights: fmlab with its KV-reuse layers set to 0 for the comparison
+(its default AFM layout is reported beside it). Same LoRA rank/alpha on every projection, same batch,
+sequence length, assistant-only labels, bf16 autocast and AdamW; one optimizer step is timed, eager
+and compiled, interleaved, median of repeats. Reported as tokens/s and the ratio fmlab / peer.
+
+    python benchmarks/bench_train.py [--batch 8 --seq 512 --repeats 5 --no-compile]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from fmlab.assets import cast_frozen
+from fmlab.build_assets import TINY_BASE
+from fmlab.config import LoRAConfig
+from fmlab.lora import mark_only_lora_trainable
+from fmlab.model import build_model
+from fmlab.train import token_loss
+
+try:
+    from benchmarks.timing import interleaved, machine
+except ImportError:      # run as a script
+    from timing import interleaved, machine
+
+
+def fmlab_step(cfg, batch, compile_model: bool):
+    model = build_model(cfg, seed=0)
+    mark_only_lora_trainable(model)
+    cast_frozen(model, torch.bfloat16)          # fmlab's bf16-mixed: frozen weights stored in bf16
+    run = torch.compile(model) if compile_model else model
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    fm_batch = {"input_ids": batch["input_ids"], "label_ids": batch["shifted"]}
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, n = token_loss(run, fm_batch)
+            (loss / n).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def peft_step(cfg, batch, compile_model: bool):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf_cfg = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_dim, intermediate_size=cfg.ffn_dim,
+                         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                         num_key_value_heads=cfg.num_kv_heads, tie_word_embeddings=True, rms_norm_eps=1e-5,
+                         rope_theta=cfg.rope_theta, attention_bias=False, mlp_bias=False,
+                         max_position_embeddings=4096, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = get_peft_model(LlamaForCausalLM(hf_cfg), LoraConfig(
+        r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    run = torch.compile(model) if compile_model else model
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = run(input_ids=batch["input_ids"], labels=batch["labels"])
+            out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def make_batch(vocab: int, batch: int, seq: int, prompt_fraction: float = 0.3):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, vocab, (batch, seq), generator=g)
+    labels = ids.clone()
+    labels[:, :int(seq * prompt_fraction)] = -100          # assistant-only loss, as in adapter training
+    shifted = torch.full_like(labels, -100)
+    shifted[:, :-1] = labels[:, 1:]                        # fmlab/Apple labels are pre-shifted
+    return {"input_ids": ids, "labels": labels, "shifted": shifted}
+
+
+def run(batch_size=8, seq=512, repeats=5, modes=("eager", "compiled")) -> dict:
+    lora = LoRAConfig(rank=TINY_BASE.lora.rank, alpha=TINY_BASE.lora.alpha)
+    llama_like = TINY_BASE.__class__(**{**TINY_BASE.to_dict(), "num_kv_reuse_layers": 0, "kv_quant": False,
+                                        "lora": lora})
+    afm = TINY_BASE.__class__(**{**TINY_BASE.to_dict(), "lora": lora})
+    batch = make_batch(TINY_BASE.vocab_size, batch_size, seq)
+    tokens = batch_size * seq
+    results = {"machine": machine(), "batch": batch_size, "seq": seq, "modes": {}}
+    for mode in modes:
+        compiled = mode == "compiled"
+        times = interleaved({"fmlab": fmlab_step(llama_like, batch, compiled),
+                             "fmlab (AFM default)": fmlab_step(afm, batch, compiled),
+                             "transformers+peft": peft_step(llama_like, batch, compiled)}, repeats=repeats)
+        tps = {k: tokens / v for k, v in times.items()}
+        results["modes"][mode] = {"tokens_per_s": tps, "ratio": tps["fmlab"] / tps["transformers+peft"]}
+        print(f"{mode}: " + ", ".join(f"{k} {v:,.0f} tok/s" for k, v in tps.items())
+              + f"  → fmlab / peer = {results['modes'][mode]['ratio']:.2f}x", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-compile", action="store_true")
+    a = ap.parse_args()
+    print(json.dumps(run(a.batch, a.seq, a.repeats, ("eager",) if a.no_compile else ("eager", "compiled")),
+                     indent=2))
