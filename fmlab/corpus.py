@@ -1,150 +1,270 @@
-"""fmlab's synthetic pretraining corpus for the embedded base: short stories, Apple-template chats
-(Q&A from small fact tables, arithmetic, small talk, descriptions, lists) and plain stories.
+"""fmlab's synthetic pretraining corpus for the embedded base `fmlab-tiny`: chats (short prose stories on
+request, Q&A from small fact tables, arithmetic, spelling, small talk, descriptions, lists; some
+multi-turn) and plain texts (stories and fact paragraphs) for language modelling.
 
-The base learns to chat coherently from it, with the same characters and places as the play set, but
-never sees the play format: that is what the adapter must teach (see `plays.py`).
+The base learns to chat coherently from it, with the same characters and places as the play set
+(`fmlab.plays`), but it never sees the play format: that is what an adapter has to teach. Every answer is
+correct (see `fmlab.corpus_facts`), so a trained base can be checked with greedy answers to
+`probe_prompts()`. Deterministic for a seed; 50k chats take about a second.
 """
 from __future__ import annotations
 
 import random
+import re
+from collections.abc import Iterator
 
-from .plays import CHARACTERS, SETTINGS, _article
+from .corpus_facts import (CAPITALS, COLOURS, CREATURES, FOODS, GROUPS, HOMES, LEGS, OPPOSITES, PEOPLE, PLACES,
+                           SOUNDS)
+from .plays import CHARACTERS, SETTINGS, article
+from .play_text import CHARACTER_TRAITS, SETTING_TRAITS
 
-FOODS = {"cow": "grass", "cat": "fish", "dog": "meat", "rabbit": "carrots", "bear": "honey", "mouse": "cheese",
-         "monkey": "bananas", "panda": "bamboo", "bee": "nectar", "owl": "mice", "fox": "berries", "goat": "hay",
-         "duck": "bread", "frog": "flies", "lion": "meat", "penguin": "fish", "squirrel": "nuts",
-         "elephant": "leaves", "turtle": "plants", "whale": "krill"}
-HOMES = {"owl": "a tree", "fox": "a den", "bear": "a cave", "rabbit": "a burrow", "bee": "a hive", "fish": "the sea",
-         "penguin": "the ice", "whale": "the ocean", "frog": "a pond", "squirrel": "a tree", "lion": "the savanna",
-         "cow": "a farm", "duck": "a pond", "mouse": "a hole", "monkey": "the jungle"}
-COLOURS = {"grass": "green", "the sky": "blue", "snow": "white", "a banana": "yellow", "a strawberry": "red",
-           "coal": "black", "an orange": "orange", "a plum": "purple", "the sun": "yellow", "a leaf": "green",
-           "milk": "white", "chocolate": "brown"}
-CAPITALS = {"France": "Paris", "Spain": "Madrid", "Italy": "Rome", "Germany": "Berlin", "Japan": "Tokyo",
-            "Egypt": "Cairo", "Canada": "Ottawa", "Peru": "Lima", "Kenya": "Nairobi", "Norway": "Oslo",
-            "Greece": "Athens", "India": "New Delhi"}
-OPPOSITES = {"hot": "cold", "big": "small", "fast": "slow", "happy": "sad", "up": "down", "day": "night",
-             "open": "closed", "light": "dark", "loud": "quiet", "old": "new", "wet": "dry", "early": "late"}
-GROUPS = {"fruits": ["apples", "pears", "bananas", "grapes", "plums", "cherries"],
-          "colours": ["red", "blue", "green", "yellow", "purple", "orange"],
-          "animals": ["cats", "dogs", "owls", "foxes", "bears", "frogs"],
-          "vegetables": ["carrots", "peas", "beans", "potatoes", "onions", "leeks"],
-          "things in a kitchen": ["a pot", "a spoon", "a cup", "a plate", "a kettle", "a bowl"]}
 SYSTEMS = ["A conversation between a user and a helpful assistant.", "You are a friendly assistant for kids.",
-           "You answer questions simply and correctly."]
+           "You answer questions simply and correctly.", "You are a helpful assistant."]
+_IRREGULAR = {"mouse": "mice", "sheep": "sheep", "fish": "fish", "person": "people"}
+
+
+def plural(word: str) -> str:
+    if word in _IRREGULAR:
+        return _IRREGULAR[word]
+    if word.endswith(("s", "x", "ch", "sh")):
+        return word + "es"
+    return word[:-1] + "ies" if word.endswith("y") and word[-2] not in "aeiou" else word + "s"
+
+
+def _cap(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+def _at(place: str) -> str:
+    """"in a forest", "on a beach", "at a train station"."""
+    return f"{SETTING_TRAITS[place].preposition} {article(place)}"
+
+
+# --- stories ---------------------------------------------------------------------------------------
+
 ADJECTIVES = ["brave", "tiny", "sleepy", "curious", "cheerful", "clever", "shy", "kind", "silly", "gentle"]
+OPENINGS = ["Once upon a time, there was {a_adj} {who} who lived {at_place}.",
+            "{A_adj} {who} liked to visit {a_place}.",
+            "Every day, {a_adj} {who} played {at_place}.",
+            "There was once {a_adj} {who} who loved {the_place} very much."]
 EVENTS = ["found a shiny key", "lost a red ball", "heard a strange song", "saw a rainbow", "met a new friend",
-          "baked a warm pie", "built a little boat", "planted a seed", "followed a butterfly", "got very hungry"]
-ENDINGS = ["In the end, everyone laughed and went home happy.", "From that day on, they were best friends.",
-           "It was the best day of the year.", "Then it was time for a long, cozy nap.",
-           "And the {s} was never boring again."]
-PLACES_DESC = ["It is full of surprises.", "Many people like to visit it.", "It can be quiet or busy.",
-               "Children love to play there."]
+          "wanted to bake a cake", "built a little boat", "planted a seed", "followed a butterfly",
+          "got very hungry", "found a tiny map"]
+# In story order: `story` keeps the order of the ones it picks.
+SOLO_MIDDLES = ["The {who} looked all around the {place}.", "The {who} walked past the {things}.",
+                "The {who} felt a little scared, but kept going.", "The {who} sang a happy song."]
+FRIEND_MIDDLES = ["The {other} wanted to help.", "Together they looked behind the {things}.",
+                  "The {who} and the {other} laughed a lot."]
+SOLO_ENDINGS = ["In the end, the {who} went home happy.", "It was the best day ever {at_the_place}.",
+                "Then the {who} had a long, cozy nap."]
+FRIEND_ENDINGS = ["From that day on, the {who} and the {other} were friends.",
+                  "In the end, the {who} and the {other} went home happy."]
 
 
-def story(rng: random.Random, who: str, where: str) -> str:
-    """A 3-6 sentence prose story about `who` in `where`."""
-    adj, other = rng.choice(ADJECTIVES), rng.choice([c for c in CHARACTERS if c != who])
-    sentences = [f"Once upon a time, there was a {adj} {who} who lived near {_article(where)}.",
-                 f"One day, the {who} {rng.choice(EVENTS)}.",
-                 f"The {who} asked a {other} for help.",
-                 f"Together they looked all around the {where}."]
+def story(rng: random.Random, who: str, place: str) -> str:
+    """A 3-6 sentence prose story that names `who` and `place`."""
+    other = rng.choice([c for c in CHARACTERS if c != who])
+    a_adj = article(rng.choice(ADJECTIVES))
+    slots = {"who": who, "a_adj": a_adj, "A_adj": _cap(a_adj), "place": place, "at_place": _at(place),
+             "a_place": article(place), "the_place": "the " + place, "things": SETTING_TRAITS[place].things,
+             "other": other, "a_other": article(other),
+             "at_the_place": f"{SETTING_TRAITS[place].preposition} the {place}"}
+    sentences = [rng.choice(OPENINGS), f"One day, the {{who}} {rng.choice(EVENTS)}."]
+    if rng.random() < 0.5:     # a friend joins: introduced before anything else says "the {other}"
+        sentences += ["Soon, the {who} met {a_other}.", *rng.sample(FRIEND_MIDDLES, rng.randint(0, 2)),
+                      rng.choice(FRIEND_ENDINGS + SOLO_ENDINGS)]
+    else:
+        picked = sorted(rng.sample(range(len(SOLO_MIDDLES)), rng.randint(0, 3)))
+        sentences += [*(SOLO_MIDDLES[i] for i in picked), rng.choice(SOLO_ENDINGS)]
+    return " ".join(s.format(**slots) for s in sentences)
+
+
+STORY_REQUESTS = ["Tell me a short story about {a_who} {at_place}.", "Write a story about {a_who} {at_place}.",
+                  "Can you tell me a bedtime story about {a_who}? It should happen {at_place}.",
+                  "I would like a short story with {a_who} {at_place}."]
+
+
+def _story_request(rng: random.Random) -> tuple[str, str, str]:
+    who, place = rng.choice(CHARACTERS), rng.choice(SETTINGS)
+    ask = rng.choice(STORY_REQUESTS).format(a_who=article(who), at_place=_at(place))
+    return ask, story(rng, who, place), who
+
+
+# --- questions and answers -------------------------------------------------------------------------
+
+def _arithmetic(rng: random.Random) -> tuple[str, str]:
+    op = rng.choice(("plus", "minus", "times"))
+    a, b = (rng.randint(0, 10), rng.randint(0, 10)) if op == "times" else (rng.randint(0, 20), rng.randint(0, 20))
+    if op == "minus":
+        a, b = max(a, b), min(a, b)                  # no negative numbers for kids
+    result = {"plus": a + b, "minus": a - b, "times": a * b}[op]
+    symbol = {"plus": "+", "minus": "-", "times": "x"}[op]
+    if rng.random() < 0.3:
+        return f"What is {a} {symbol} {b}?", f"{a} {symbol} {b} = {result}."
+    return rng.choice((f"What is {a} {op} {b}?", f"How much is {a} {op} {b}?")), f"{a} {op} {b} is {result}."
+
+
+def _animal_fact(rng: random.Random) -> tuple[str, str]:
+    kind = rng.randrange(4)
+    if kind == 0:
+        animal = rng.choice(list(FOODS))
+        if rng.random() < 0.5:
+            return f"What do {plural(animal)} eat?", f"{_cap(plural(animal))} eat {FOODS[animal]}."
+        return f"What does {article(animal)} eat?", f"{_cap(article(animal))} eats {FOODS[animal]}."
+    if kind == 1:
+        animal = rng.choice(list(HOMES))
+        if rng.random() < 0.5:
+            return f"Where do {plural(animal)} live?", f"{_cap(plural(animal))} live {HOMES[animal]}."
+        return f"Where does {article(animal)} live?", f"{_cap(article(animal))} lives {HOMES[animal]}."
+    if kind == 2:
+        animal = rng.choice(list(SOUNDS))
+        return f"What sound does {article(animal)} make?", f"{_cap(article(animal))} says {SOUNDS[animal]}."
+    animal = rng.choice(list(LEGS))
+    return f"How many legs does {article(animal)} have?", f"{_cap(article(animal))} has {LEGS[animal]} legs."
+
+
+def _word_fact(rng: random.Random) -> tuple[str, str]:
+    word = rng.choice(CHARACTERS + [s for s in SETTINGS if " " not in s])
+    kind = rng.randrange(3)
+    if kind == 0:
+        return f"How many letters are in the word {word}?", f"The word {word} has {len(word)} letters."
+    if kind == 1:
+        return f"How do you spell {word}?", f"{_cap(word)} is spelled {'-'.join(word)}."
+    return f"What letter does {word} start with?", f"{_cap(word)} starts with the letter {word[0]}."
+
+
+def _describe(rng: random.Random) -> tuple[str, str]:
     if rng.random() < 0.5:
-        sentences.append(f"The {other} said it was a wonderful idea.")
-    sentences.append(rng.choice(ENDINGS).format(s=where))
-    return " ".join(sentences)
+        place = rng.choice(SETTINGS)
+        return f"Describe {article(place)}.", PLACES[place]
+    who = rng.choice(CHARACTERS)
+    traits = CHARACTER_TRAITS[who]
+    kind = "person" if who in PEOPLE else CREATURES.get(who, "animal")
+    can = re.sub(r"\bmy\b", "its" if kind == "animal" else "their", traits.can)
+    pronoun = "They" if who in PEOPLE else "It"
+    return f"Describe {article(who)}.", (f"{_cap(article(who))} is {article(kind)}. This one is {traits.adjective} "
+                                         f"and loves {traits.likes}. {pronoun} can {can}.")
 
 
 def _qa(rng: random.Random) -> tuple[str, str]:
     kind = rng.randrange(9)
     if kind == 0:
-        animal = rng.choice(list(FOODS))
-        return rng.choice([f"What do {animal}s eat?", f"What does a {animal} eat?"]), \
-            f"A {animal} eats {FOODS[animal]}."
-    if kind == 1:
-        animal = rng.choice(list(HOMES))
-        return f"Where does a {animal} live?", f"A {animal} lives in {HOMES[animal]}."
-    if kind == 2:
-        thing = rng.choice(list(COLOURS))
-        return f"What colour is {thing}?", f"{thing[0].upper() + thing[1:]} is {COLOURS[thing]}."
+        return _arithmetic(rng)
+    if kind in (1, 2):
+        return _animal_fact(rng)
     if kind == 3:
-        country = rng.choice(list(CAPITALS))
-        return f"What is the capital of {country}?", f"The capital of {country} is {CAPITALS[country]}."
+        thing = rng.choice(list(COLOURS))
+        return f"What colour is {thing}?", f"{_cap(thing)} is {COLOURS[thing]}."
     if kind == 4:
-        a, b = rng.randint(0, 20), rng.randint(0, 20)
-        if rng.random() < 0.5:
-            return f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
-        a, b = max(a, b), min(a, b)
-        return f"What is {a} minus {b}?", f"{a} minus {b} is {a - b}."
+        country = rng.choice(list(CAPITALS))
+        ask = rng.choice((f"What is the capital of {country}?", f"Which city is the capital of {country}?"))
+        return ask, f"The capital of {country} is {CAPITALS[country]}."
     if kind == 5:
         word = rng.choice(list(OPPOSITES))
         return f"What is the opposite of {word}?", f"The opposite of {word} is {OPPOSITES[word]}."
     if kind == 6:
-        word = rng.choice(CHARACTERS + SETTINGS[:10])
-        word = word.split()[0]
-        return f"How many letters are in the word {word}?", f"The word {word} has {len(word)} letters."
+        return _word_fact(rng)
     if kind == 7:
         group = rng.choice(list(GROUPS))
         items = rng.sample(GROUPS[group], 3)
-        return f"Name three {group}.", f"Here are three {group}: {items[0]}, {items[1]} and {items[2]}."
-    place = rng.choice(SETTINGS)
-    return f"Describe {_article(place)}.", \
-        f"{_article(place).capitalize()} is a place where {rng.choice(CHARACTERS)}s might go. " \
-        f"{rng.choice(PLACES_DESC)}"
+        listed = f"{items[0]}, {items[1]} and {items[2]}"
+        return f"Name three {group}.", rng.choice((f"Here are three {group}: {listed}.",
+                                                   f"Three {group} are {listed}."))
+    return _describe(rng)
 
 
-def _small_talk(rng: random.Random) -> tuple[str, str]:
-    return rng.choice([("Hello!", "Hello! How can I help you today?"),
-                       ("Hi there.", "Hi! What would you like to talk about?"),
-                       ("How are you?", "I am doing well, thank you for asking."),
-                       ("Thank you!", "You are welcome!"),
-                       ("Good night.", "Good night! Sleep well."),
-                       ("Can you help me?", "Of course. What do you need?")])
+SMALL_TALK = {
+    "Hello!": ["Hello! How can I help you today?", "Hello! What would you like to talk about?",
+               "Hello there! It is nice to meet you."],
+    "Hi!": ["Hi! How can I help you?", "Hi there! What shall we talk about?"],
+    "Good morning!": ["Good morning! I hope you have a lovely day."],
+    "How are you?": ["I am doing well, thank you for asking.", "I am fine, thank you! How are you?"],
+    "What can you do?": ["I can answer questions, tell short stories and help with simple sums."],
+    "Can you help me?": ["Of course. What do you need?", "Yes, I would be happy to help."],
+    "I am sad.": ["I am sorry you feel sad. Would you like to hear a happy story?"],
+    "Tell me a joke.": ["Why did the cat sit on the computer? To keep an eye on the mouse!",
+                        "What do you call a sleeping dinosaur? A dino-snore!"],
+    "Goodbye!": ["Goodbye! Have a wonderful day."],
+    "Good night.": ["Good night! Sleep well."],
+}
+THANKS = ("Thank you!", ["You are welcome!", "You are welcome! I am happy to help."])
 
 
-def _story_request(rng: random.Random) -> tuple[str, str]:
-    who, where = rng.choice(CHARACTERS), rng.choice(SETTINGS)
-    ask = rng.choice(["Tell me a short story about {a} in {s}.", "Write a story about {a} at {s}.",
-                      "Can you tell me a story with {a} and {s}?"])
-    return ask.format(a=_article(who), s=_article(where)), story(rng, who, where)
+# --- the corpus ------------------------------------------------------------------------------------
+
+def _exchanges(rng: random.Random) -> list[tuple[str, str]]:
+    """One topic: a story (maybe followed by "another one"), a question (maybe followed by thanks), or
+    small talk."""
+    kind = rng.random()
+    if kind < 0.3:
+        ask, answer, who = _story_request(rng)
+        out = [(ask, answer)]
+        if rng.random() < 0.25:   # a follow-up that needs the first turn: same character, new place
+            out.append((f"Tell me another story about the {who}.", story(rng, who, rng.choice(SETTINGS))))
+        return out
+    if kind < 0.88:
+        out = [_qa(rng)]
+        if rng.random() < 0.15:
+            out.append((THANKS[0], rng.choice(THANKS[1])))
+        return out
+    user = rng.choice(list(SMALL_TALK))
+    return [(user, rng.choice(SMALL_TALK[user]))]
 
 
 def chat_samples(n: int, seed: int = 0) -> list[list[dict]]:
-    """`n` chats (optional system turn; 1-3 user/assistant exchanges)."""
+    """`n` chats in Apple's message format: an optional system turn (half of them), then 1-3 topics."""
     rng, out = random.Random(seed), []
     for _ in range(n):
         messages = [{"role": "system", "content": rng.choice(SYSTEMS)}] if rng.random() < 0.5 else []
         for _ in range(rng.choice((1, 1, 1, 2, 3))):
-            kind = rng.random()
-            user, reply = (_story_request(rng) if kind < 0.35 else _small_talk(rng) if kind < 0.45 else _qa(rng))
-            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+            for user, reply in _exchanges(rng):
+                messages += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
         out.append(messages)
     return out
 
 
+def _fact_paragraph(rng: random.Random) -> str:
+    animal = rng.choice([a for a in FOODS if a in HOMES or a in SOUNDS])
+    facts = [f"{_cap(plural(animal))} eat {FOODS[animal]}."]
+    if animal in HOMES:
+        facts.append(f"{_cap(article(animal))} lives {HOMES[animal]}.")
+    if animal in SOUNDS:
+        facts.append(f"{_cap(article(animal))} says {SOUNDS[animal]}.")
+    if animal in LEGS:
+        facts.append(f"It has {LEGS[animal]} legs.")
+    return " ".join(rng.sample(facts, len(facts)))
+
+
 def plain_texts(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed + 7919)
-    return [story(rng, rng.choice(CHARACTERS), rng.choice(SETTINGS)) for _ in range(n)]
+    """`n` plain texts (no chat template): mostly stories, some paragraphs of animal or place facts."""
+    rng, out = random.Random(f"fmlab.corpus.plain:{seed}"), []
+    for _ in range(n):
+        kind = rng.random()
+        if kind < 0.7:
+            out.append(story(rng, rng.choice(CHARACTERS), rng.choice(SETTINGS)))
+        elif kind < 0.85:
+            out.append(_fact_paragraph(rng))
+        else:
+            out.append(" ".join(PLACES[p] for p in rng.sample(SETTINGS, 2)))
+    return out
+
+
+def tokenizer_texts(seed: int = 0, chats: int = 6000, texts: int = 1500) -> Iterator[str]:
+    """Text to train the tokenizer on: chat-rendered corpus chats (so "▁assistant" and the template's
+    words become single pieces), plain texts, and the play train split (so play words tokenise well)."""
+    from .chat import render_text
+    from .plays import split_samples
+
+    yield from (render_text(m) for m in chat_samples(chats, seed))
+    yield from plain_texts(texts, seed)
+    yield from (render_text(m) for m in split_samples(seed)["train"])
 
 
 def probe_prompts() -> list[tuple[list[dict], list[str]]]:
-    """Fixed chat prompts and words a coherent answer must contain."""
-    return [([{"role": "user", "content": "What do rabbits eat?"}], ["carrots"]),
-            ([{"role": "user", "content": "What is the capital of France?"}], ["Paris"]),
-            ([{"role": "user", "content": "What colour is the sky?"}], ["blue"]),
-            ([{"role": "user", "content": "What is the opposite of hot?"}], ["cold"]),
-            ([{"role": "user", "content": "Tell me a short story about a fox in a forest."}], ["fox", "forest"]),
-            ([{"role": "user", "content": "Where does a bear live?"}], ["cave"]),
-            ([{"role": "user", "content": "Name three fruits."}], ["fruits"]),
-            ([{"role": "user", "content": "Hello!"}], ["Hello"])]
-
-
-def tokenizer_texts(seed: int = 0, chats: int = 6000, stories: int = 1500) -> list[str]:
-    """Chat-rendered text (so "▁assistant" etc. become single pieces), stories, and the play train split."""
-    from .chat import render_text
-    from .plays import generate_samples
-
-    texts = [render_text(m) for m in chat_samples(chats, seed)]
-    texts += plain_texts(stories, seed)
-    texts += [render_text(m) for m in generate_samples(1500, seed)]
-    return texts
+    """Fixed chat prompts, each with words a coherent answer must contain (any case): the corpus answers
+    every one of them this way, so a base pretrained on it should too."""
+    probes = [("What do cows eat?", ["grass"]), ("Where does a bear live?", ["cave"]),
+              ("What is the capital of France?", ["Paris"]), ("What colour is the sky?", ["blue"]),
+              ("What is the opposite of hot?", ["cold"]), ("Name three fruits.", ["fruits"]),
+              ("Tell me a short story about a fox in a forest.", ["fox", "forest"]), ("Hello!", ["Hello"])]
+    return [([{"role": "user", "content": text}], words) for text, words in probes]

@@ -1,20 +1,21 @@
-"""The toy dataset: kids' play scripts requested in chat form, in a strict, checkable format, and the
-metric `play_format_score`.
+"""The toy dataset: kids' plays requested in chat form, the train / valid / test splits, and the metric
+`play_format_score` that checks a reply against the strict format and the request.
 
-A request names 2-3 characters, a setting and 1-3 scenes; the reply is:
+A request names 2-3 characters, a setting and 1-3 scenes; the reply is (`fmlab.play_text` writes it):
 
     TITLE: The Dragon and the Baker
     CAST: DRAGON, BAKER
     SETTING: a bakery
     SCENE 1
-    (The dragon peeks in at the door of the bakery.)
-    DRAGON: Something smells sweet in here!
-    BAKER: Fresh bread, but no fire please.
+    (The dragon and the baker meet in the bakery.)
+    DRAGON: Oh no! I lost my kite in the bakery.
+    BAKER: Do not worry, Dragon. We will find it together.
     SCENE 2
+    (The sun is setting in the bakery.)
     ...
     THE END
 
-`python -m fmlab.plays` writes the train / valid / test splits to `data/`.
+`python -m fmlab.plays [--out data] [--seed 0]` writes the splits to `data/` (see `data/README.md`).
 """
 from __future__ import annotations
 
@@ -22,189 +23,207 @@ import argparse
 import json
 import random
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-CHARACTERS = ["dragon", "baker", "robot", "cat", "pirate", "owl", "wizard", "princess", "knight", "fox",
-              "rabbit", "bear", "mouse", "giant", "fairy", "unicorn", "frog", "penguin", "lion", "monkey",
-              "astronaut", "dog", "elephant", "ghost", "king", "queen", "turtle", "squirrel", "witch", "chef",
-              "farmer", "teacher", "dinosaur", "goat", "duck", "tiger", "panda", "snail", "bee", "whale"]
-SETTINGS = ["bakery", "beach", "library", "castle", "forest", "school", "garden", "kitchen", "farm", "zoo",
-            "park", "spaceship", "cave", "river", "mountain", "market", "museum", "train station", "island",
-            "playground", "pond", "desert", "meadow", "lighthouse", "treehouse", "toy shop", "village",
-            "circus", "swamp", "snowy hill"]
-SCENE_WORDS = {1: "one", 2: "two", 3: "three"}
-SYSTEM_PROMPTS = ["You are a playwright who writes short plays for children.",
-                  "You write short, cheerful plays for kids.",
-                  "You are a helpful assistant that writes children's plays in a strict script format."]
-REQUESTS = [
-    "Write a {n_word}-scene play about {a} in {s}.",
-    "Can you write a play for kids with {a}, set in {s}? {n_cap} scenes please.",
-    "I need a {n_word}-scene play: characters are {a}; setting: {s}.",
-    "Please write a short children's play with {n} scene{plural}. Characters: {a}. Setting: {s}.",
-    "Write a kids' play set in {s} starring {a}, in {n_word} scene{plural}.",
-    "Make a play for children about {a}. It happens in {s} and has {n} scene{plural}.",
-]
-OPENINGS = ["(The {c} walks into the {s}.)", "(The {c} peeks around a corner of the {s}.)",
-            "(The {c} and the {d} meet in the {s}.)", "(Morning light fills the {s}.)",
-            "(The {c} is busy in the {s}.)", "(A soft wind blows through the {s}.)"]
-LINES = ["Hello, {d}! What are you doing here?", "I am looking for something fun to do.",
-         "Look at this {s}! It is full of surprises.", "Can you help me, {d}?", "Of course I can help you.",
-         "I lost my hat somewhere in the {s}.", "Let us look for it together.", "What a wonderful day!",
-         "I am a little bit scared.", "Do not worry, I am right here.", "I found it! It was under a leaf.",
-         "Thank you, {d}. You are a good friend.", "Shall we have a picnic?", "I brought some snacks.",
-         "Listen! Did you hear that noise?", "It is only the wind.", "Let us sing a happy song.",
-         "I can dance better than anyone!", "That was the best adventure ever.", "Time to go home now."]
+from .play_text import (CHARACTERS, SETTINGS, SYSTEM_PROMPTS, PlayRequest, article, play_text,  # noqa: F401
+                        request_text)
+
+SPLITS = {"train": 1500, "valid": 150, "test": 100}
+SYSTEM_FRACTION = 0.7
 
 
-@dataclass(frozen=True)
-class PlayRequest:
-    characters: tuple[str, ...]
-    setting: str
-    scenes: int
-
-
-def _article(word: str) -> str:
-    return ("an " if word[0] in "aeiou" else "a ") + word
-
-
-def _join(names: list[str]) -> str:
-    names = [_article(n) for n in names]
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-
-
-def request_text(req: PlayRequest, rng: random.Random) -> str:
-    n = req.scenes
-    return rng.choice(REQUESTS).format(n=n, n_word=SCENE_WORDS[n], n_cap=SCENE_WORDS[n].capitalize(),
-                                       plural="" if n == 1 else "s", a=_join(list(req.characters)),
-                                       s=_article(req.setting))
-
-
-def play_text(req: PlayRequest, rng: random.Random) -> str:
-    names = list(req.characters)
-    title = "The " + " and the ".join(c.title() for c in names[:2]) + (" and Friends" if len(names) > 2 else "")
-    lines = [f"TITLE: {title}", "CAST: " + ", ".join(c.upper() for c in names), f"SETTING: {_article(req.setting)}"]
-    for scene in range(1, req.scenes + 1):
-        lines.append(f"SCENE {scene}")
-        c, d = rng.sample(names, 2)
-        lines.append(rng.choice(OPENINGS).format(c=c, d=d, s=req.setting))
-        for i in range(rng.randint(2, 4)):
-            speaker, other = (c, d) if i % 2 == 0 else (d, c)
-            lines.append(f"{speaker.upper()}: " + rng.choice(LINES).format(d=other, s=req.setting))
-    lines.append("THE END")
-    return "\n".join(lines)
-
+# --- the dataset -----------------------------------------------------------------------------------
 
 def random_request(rng: random.Random) -> PlayRequest:
-    return PlayRequest(tuple(rng.sample(CHARACTERS, rng.choice((2, 2, 3)))), rng.choice(SETTINGS), rng.randint(1, 3))
+    characters = tuple(rng.sample(CHARACTERS, rng.choice((2, 2, 3))))
+    return PlayRequest(characters, rng.choice(SETTINGS), rng.randint(1, 3))
+
+
+def _key(req: PlayRequest) -> tuple:
+    """What makes two requests the same play: the order the characters are named in does not."""
+    return frozenset(req.characters), req.setting, req.scenes
+
+
+def generate_requests(n: int, seed: int = 0) -> list[PlayRequest]:
+    """`n` requests, no two alike (same characters, setting and scene count)."""
+    rng, seen, out = random.Random(seed), set(), []
+    while len(out) < n:
+        req = random_request(rng)
+        if _key(req) not in seen:
+            seen.add(_key(req))
+            out.append(req)
+    return out
 
 
 def sample_for(req: PlayRequest, rng: random.Random) -> list[dict]:
-    messages = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if rng.random() < 0.7 else []
+    """One chat: an optional system turn, the request, the reference play."""
+    messages = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if rng.random() < SYSTEM_FRACTION else []
     messages.append({"role": "user", "content": request_text(req, rng)})
     messages.append({"role": "assistant", "content": play_text(req, rng)})
     return messages
 
 
-def generate_samples(n: int, seed: int = 0, exclude: set | None = None) -> list[list[dict]]:
-    """`n` samples with distinct requests (characters, setting, scenes), none of them in `exclude`."""
-    rng, seen, out = random.Random(seed), set(exclude or ()), []
-    while len(out) < n:
-        req = random_request(rng)
-        key = (frozenset(req.characters), req.setting, req.scenes)
-        if key not in seen:
-            seen.add(key)
-            out.append(sample_for(req, rng))
+def _text_rng(seed: int, part: str) -> random.Random:
+    # Wording is drawn apart from the requests, so a split's requests do not depend on its wording.
+    return random.Random(f"fmlab.plays:{seed}:{part}")   # str seeds are hashed with sha512: stable across runs
+
+
+def generate_samples(n: int, seed: int = 0) -> list[list[dict]]:
+    """`n` chat samples (lists of messages) with distinct requests; deterministic for `seed`."""
+    rng = _text_rng(seed, "samples")
+    return [sample_for(req, rng) for req in generate_requests(n, seed)]
+
+
+def split_requests(seed: int = 0) -> dict[str, list[PlayRequest]]:
+    """The requests of each split; no request appears in two splits."""
+    requests, out, start = generate_requests(sum(SPLITS.values()), seed), {}, 0
+    for name, size in SPLITS.items():
+        out[name], start = requests[start:start + size], start + size
     return out
 
 
-SPLITS = {"train": 1500, "valid": 150, "test": 100}
+def split_samples(seed: int = 0) -> dict[str, list[list[dict]]]:
+    return {name: [sample_for(req, rng) for req in requests]
+            for name, requests in split_requests(seed).items() for rng in [_text_rng(seed, name)]}
 
 
 def make_splits(out: str | Path = "data", seed: int = 0) -> dict[str, Path]:
-    """Write train / valid / test JSONL with no request shared between splits."""
-    samples = generate_samples(sum(SPLITS.values()), seed)
-    out, paths, start = Path(out), {}, 0
+    """Write `train.jsonl`, `valid.jsonl`, `test.jsonl` (one JSON list of messages per line) to `out`."""
+    out, paths = Path(out), {}
     out.mkdir(parents=True, exist_ok=True)
-    for name, size in SPLITS.items():
+    for name, samples in split_samples(seed).items():
         paths[name] = out / f"{name}.jsonl"
-        paths[name].write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples[start:start + size]))
-        start += size
+        paths[name].write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
     return paths
+
+
+# --- reading a request back ------------------------------------------------------------------------
+
+_NUMBERS = {"one": 1, "two": 2, "three": 3, "1": 1, "2": 2, "3": 3}
+_CHARACTER_RE = re.compile(r"\b(" + "|".join(CHARACTERS) + r")\b")
+_SETTING_RE = re.compile(r"\b(" + "|".join(sorted(SETTINGS, key=len, reverse=True)) + r")\b")
+# "two-scene", "3 scenes", "Three scenes please", "Scenes: 2"
+_SCENES_RE = re.compile(r"\b(one|two|three|[123])[- ]scenes?\b|\bscenes?:\s*(one|two|three|[123])\b")
+
+
+def last_user_text(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
+
+
+def parse_request(prompt) -> PlayRequest:
+    """The characters (in the order named), setting and scene count a request asks for. `prompt` is the
+    request text or a message list (its last user turn). Unknown parts come back empty; scenes default to 1."""
+    text = last_user_text(prompt).lower()
+    characters = tuple(dict.fromkeys(m.group(1) for m in _CHARACTER_RE.finditer(text)))
+    setting = _SETTING_RE.search(text)
+    scenes = _SCENES_RE.search(text)
+    return PlayRequest(characters, setting.group(1) if setting else "",
+                       _NUMBERS[scenes.group(1) or scenes.group(2)] if scenes else 1)
 
 
 # --- the metric ------------------------------------------------------------------------------------
 
-_NUMBER = {"one": 1, "two": 2, "three": 3, "1": 1, "2": 2, "3": 3}
+_TITLE_RE = re.compile(r"TITLE: \S.*")
+_CAST_RE = re.compile(r"CAST: ([A-Z]+(?:, [A-Z]+)*)")
+_SETTING_LINE_RE = re.compile(r"SETTING: (\S.*)")
+_SCENE_RE = re.compile(r"SCENE (\d+)")
+_DIRECTION_RE = re.compile(r"\(\S.*\)")
+_DIALOGUE_RE = re.compile(r"([A-Z]+): \S.*")
+END = "THE END"
 
 
-def parse_request(prompt) -> PlayRequest:
-    """Recover the requested characters, setting and scene count from a request (text or messages)."""
-    if not isinstance(prompt, str):
-        prompt = next(m["content"] for m in reversed(prompt) if m["role"] == "user")
-    text = prompt.lower()
-    characters = tuple(sorted((c for c in CHARACTERS if re.search(rf"\b{c}\b", text)), key=text.index))
-    setting = next((s for s in sorted(SETTINGS, key=len, reverse=True) if re.search(rf"\b{s}\b", text)), "")
-    m = re.search(r"\b(one|two|three|1|2|3)[- ]scene", text) or re.search(r"\b(one|two|three|1|2|3)\b scenes?", text)
-    return PlayRequest(characters, setting, _NUMBER[m.group(1)] if m else 1)
-
-
-def _format_checks(lines: list[str]) -> tuple[list[bool], list[str], list[int]]:
-    """(checks, cast, scene numbers) of the strict format."""
-    cast = [c.strip().lower() for c in lines[1][5:].split(",")] if len(lines) > 1 and lines[1].startswith("CAST: ") else []
-    scenes, speakers, ok_scenes = [], set(), True
-    body = lines[3:-1] if len(lines) > 4 else []
-    current = None
+def _read_play(text: str) -> dict:
+    """The parts of a reply that the checks need. Blank lines and surrounding spaces are ignored. The
+    header is everything before the first `SCENE` line, so a missing header line costs its own check and
+    does not shift the others."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    ends = bool(lines) and lines[-1] == END
+    if ends:
+        lines = lines[:-1]              # a missing THE END should not also break the last scene
+    first_scene = next((i for i, line in enumerate(lines) if _SCENE_RE.fullmatch(line)), len(lines))
+    header, body = lines[:first_scene], lines[first_scene:]
+    cast = next((m for line in header if (m := _CAST_RE.fullmatch(line))), None)
+    setting = next((m for line in header if (m := _SETTING_LINE_RE.fullmatch(line))), None)
+    numbers, speakers, scenes = [], set(), []   # scenes: the kinds of line in each, "d"irection or "s"peech
     for line in body:
-        m = re.fullmatch(r"SCENE (\d+)", line)
-        if m:
-            scenes.append(int(m.group(1)))
-            current = {"direction": False, "dialogue": 0}
-            continue
-        if current is None:
-            ok_scenes = False
-            continue
-        if re.fullmatch(r"\(.+\)", line) and current["dialogue"] == 0:
-            current["direction"] = True
-        elif re.fullmatch(r"[A-Z][A-Z ]*: .+", line) and current["direction"]:
-            current["dialogue"] += 1
-            speakers.add(line.split(":", 1)[0].lower())
+        if m := _SCENE_RE.fullmatch(line):
+            numbers.append(int(m.group(1)))
+            scenes.append("")
+        elif _DIRECTION_RE.fullmatch(line):
+            scenes[-1] += "d"
+        elif m := _DIALOGUE_RE.fullmatch(line):
+            scenes[-1] += "s"
+            speakers.add(m.group(1).lower())
         else:
-            ok_scenes = False
-    checks = [
-        len(lines) > 0 and lines[0].startswith("TITLE: ") and len(lines[0]) > 7,
+            scenes[-1] += "?"
+    return {
+        "header_in_order": len(header) == 3 and all(
+            pattern.fullmatch(line) for pattern, line in zip((_TITLE_RE, _CAST_RE, _SETTING_LINE_RE), header)),
+        "cast": [name.lower() for name in cast.group(1).split(", ")] if cast else [],
+        "setting": setting.group(1).lower() if setting else None,
+        "scene_numbers": numbers,
+        # each scene: exactly one stage direction, first, then at least one line of dialogue
+        "scenes_well_formed": bool(scenes) and all(re.fullmatch("ds+", s) for s in scenes),
+        "speakers": speakers,
+        "ends": ends,
+    }
+
+
+def play_format_checks(prompt, text: str) -> dict[str, float]:
+    """The four parts of `play_format_score`, each in 0..1 (see there)."""
+    req, play = parse_request(prompt), _read_play(text)
+    cast, numbers = play["cast"], play["scene_numbers"]
+    format_checks = [
+        play["header_in_order"],
         bool(cast),
-        len(lines) > 2 and lines[2].startswith("SETTING: "),
-        bool(scenes) and scenes == list(range(1, len(scenes) + 1)) and ok_scenes,
-        bool(speakers) and speakers <= set(cast),
-        bool(lines) and lines[-1] == "THE END",
+        play["setting"] is not None,
+        bool(numbers) and numbers == list(range(1, len(numbers) + 1)),
+        play["scenes_well_formed"],
+        bool(play["speakers"]) and play["speakers"] <= set(cast),
+        play["ends"],
     ]
-    return checks, cast, scenes
+    if req.characters:
+        characters = sum(c in cast for c in req.characters) / len(req.characters)
+    else:                                       # the request named no known character: any cast will do
+        characters = float(bool(cast))
+    if play["setting"] is None:
+        setting = 0.0
+    else:                                       # "a bakery", "the old bakery": the setting's word is enough
+        setting = float(not req.setting or re.search(rf"\b{re.escape(req.setting)}\b", play["setting"]) is not None)
+    return {"format": sum(format_checks) / len(format_checks), "characters": characters, "setting": setting,
+            "scenes": float(len(numbers) == req.scenes)}
 
 
 def play_format_score(prompt, text: str) -> float:
-    """Score a reply in 0..1: the mean of
-    - format: six checks (title line, cast line, setting line, scenes numbered 1..n each opening with a
-      stage direction then `NAME: line` dialogue, every speaker in the cast, last line `THE END`), as a
-      fraction;
-    - characters: the fraction of requested characters in the cast;
-    - setting: the requested setting on the setting line;
-    - scenes: the requested number of scenes.
-    A reference reply scores 1.0; prose scores near 0."""
-    req = parse_request(prompt)
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    checks, cast, scenes = _format_checks(lines)
-    format_score = sum(checks) / len(checks)
-    characters = sum(c in cast for c in req.characters) / max(len(req.characters), 1)
-    setting = float(len(lines) > 2 and lines[2].startswith("SETTING: ") and req.setting in lines[2].lower())
-    scene_count = float(len(scenes) == req.scenes)
-    return (format_score + characters + setting + scene_count) / 4
+    """How well `text` follows the play format and the request in `prompt` (the request text or a message
+    list, whose last user turn is used): the mean of four parts, each in 0..1 —
+
+    - **format**: the fraction of seven checks passed: (1) the header (the lines before the first
+      `SCENE`) is exactly `TITLE: ...`, `CAST: ...`, `SETTING: ...` in that order; (2) it has a cast line
+      `CAST: NAME, NAME` in upper case; (3) it has a `SETTING: ...` line; (4) scenes are headed
+      `SCENE 1`, `SCENE 2`, ... in order; (5) every scene opens with one stage direction in parentheses
+      followed by at least one `NAME: line` of dialogue, and holds nothing else; (6) every speaker is in
+      the cast; (7) the last line is `THE END`. Blank lines and surrounding spaces are ignored.
+    - **characters**: the fraction of the requested characters named in the cast;
+    - **setting**: 1 if the requested setting is named on the setting line;
+    - **scenes**: 1 if the play has exactly the requested number of scenes.
+
+    A reference play scores exactly 1.0; prose, an empty reply or a refusal score 0.0.
+    """
+    parts = play_format_checks(prompt, text)
+    return sum(parts.values()) / len(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m fmlab.plays", description="write the toy play-writing splits")
+    ap.add_argument("--out", default="data", help="folder for train.jsonl, valid.jsonl, test.jsonl")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    for name, path in make_splits(args.out, args.seed).items():
+        print(f"{name}: {SPLITS[name]} samples -> {path}")
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="write the toy play-writing splits")
-    ap.add_argument("--out", default="data")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    for name, path in make_splits(args.out, args.seed).items():
-        print(f"{name}: {path}")
+    main()

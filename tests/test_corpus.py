@@ -1,32 +1,93 @@
-"""The synthetic pretraining corpus: deterministic, correct, and free of the play format."""
+"""The synthetic pretraining corpus: deterministic, correct, on the play set's words, and free of the play
+format."""
 import re
 
-from fmlab.corpus import chat_samples, plain_texts, probe_prompts
+import pytest
+
+from fmlab.corpus import chat_samples, plain_texts, plural, probe_prompts, tokenizer_texts
+from fmlab.corpus_facts import CAPITALS, FOODS
+from fmlab.plays import CHARACTERS, SETTINGS, play_format_score
+
+
+@pytest.fixture(scope="module")
+def chats():
+    return chat_samples(20000, 0)
+
+
+def _exchanges(chats):
+    return [(q["content"], a["content"]) for s in chats for q, a in zip(s, s[1:])
+            if q["role"] == "user" and a["role"] == "assistant"]
 
 
 def test_deterministic():
     assert chat_samples(100, 1) == chat_samples(100, 1) and chat_samples(100, 1) != chat_samples(100, 2)
-    assert plain_texts(20, 1) == plain_texts(20, 1)
+    assert plain_texts(20, 1) == plain_texts(20, 1) and plain_texts(20, 1) != plain_texts(20, 2)
 
 
-def test_arithmetic_answers_are_correct():
+def test_chats_are_well_formed(chats):
+    for s in chats[:2000]:
+        roles = [m["role"] for m in s if m["role"] != "system"]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) and roles
+        assert all(m["content"] for m in s)
+    assert any(len(s) >= 5 for s in chats)          # some multi-turn
+
+
+def test_arithmetic_answers_are_correct(chats):
+    ops = {"plus": int.__add__, "+": int.__add__, "minus": int.__sub__, "-": int.__sub__, "times": int.__mul__,
+           "x": int.__mul__}
     checked = 0
-    for messages in chat_samples(2000, 0):
-        for q, a in zip(messages, messages[1:]):
-            m = re.fullmatch(r"What is (\d+) (plus|minus) (\d+)\?", q["content"])
-            if m and q["role"] == "user":
-                x, op, y = int(m.group(1)), m.group(2), int(m.group(3))
-                assert a["content"] == f"{x} {op} {y} is {x + y if op == 'plus' else x - y}."
-                checked += 1
-    assert checked > 50
+    for q, a in _exchanges(chats):
+        if m := re.fullmatch(r"(?:What|How much) is (\d+) (plus|minus|times|[-+x]) (\d+)\?", q):
+            x, op, y = int(m.group(1)), m.group(2), int(m.group(3))
+            result = ops[op](x, y)
+            assert result >= 0 and a in (f"{x} {op} {y} is {result}.", f"{x} {op} {y} = {result}."), (q, a)
+            checked += 1
+    assert checked > 500
 
 
-def test_no_play_format_in_the_corpus():
-    texts = [m["content"] for s in chat_samples(3000, 0) for m in s] + plain_texts(500, 0)
-    assert not any(marker in t for t in texts for marker in ("SCENE", "CAST:", "THE END", "TITLE:"))
+def test_facts_are_answered_from_the_tables(chats):
+    for q, a in _exchanges(chats):
+        if m := re.fullmatch(r"What is the capital of (\w+)\?", q):
+            assert a == f"The capital of {m.group(1)} is {CAPITALS[m.group(1)]}."
+        if m := re.fullmatch(r"What do (\w+) eat\?", q):
+            animal = next(k for k in FOODS if plural(k) == m.group(1))
+            assert FOODS[animal] in a
+        if m := re.fullmatch(r"How many letters are in the word (\w+)\?", q):
+            assert a == f"The word {m.group(1)} has {len(m.group(1))} letters."
+    assert plural("fox") == "foxes" and plural("mouse") == "mice" and plural("fairy") == "fairies"
 
 
-def test_probe_answers_appear_in_the_corpus():
-    answers = " ".join(m["content"] for s in chat_samples(5000, 0) for m in s if m["role"] == "assistant")
-    for _, words in probe_prompts():
-        assert all(w in answers for w in words), words
+def test_stories_use_the_requested_character_and_place(chats):
+    stories = 0
+    for q, a in _exchanges(chats):
+        if m := re.fullmatch(r"(?:Tell me a short story about|Write a story about|I would like a short story "
+                             r"with) an? (\w+) \w+ an? ([\w ]+)\.", q):
+            assert m.group(1) in CHARACTERS and m.group(2) in SETTINGS
+            assert m.group(1) in a and m.group(2) in a
+            assert 3 <= a.count(". ") + 1 <= 6
+            stories += 1
+    assert stories > 1000
+
+
+def test_no_play_format_in_the_corpus(chats):
+    texts = [m["content"] for s in chats for m in s] + plain_texts(2000, 0)
+    for text in texts:
+        assert not any(marker in text for marker in ("SCENE", "CAST:", "THE END", "TITLE:", "SETTING:")), text
+        assert not re.search(r"^([A-Z]+: |\()", text, re.M), text
+    assert all(play_format_score(s, s[-1]["content"]) == 0.0 for s in chats[:500])
+
+
+def test_probe_answers_appear_in_the_corpus(chats):
+    answers = {}
+    for q, a in _exchanges(chats):
+        answers.setdefault(q, []).append(a)
+    for messages, words in probe_prompts():
+        replies = answers.get(messages[-1]["content"], [])
+        assert replies, f"the corpus never asks {messages[-1]['content']!r}"
+        assert all(w.lower() in r.lower() for r in replies for w in words), (words, replies[:3])
+
+
+def test_tokenizer_texts_cover_corpus_and_plays():
+    texts = list(tokenizer_texts(0, chats=50, texts=20))
+    assert len(texts) == 50 + 20 + 1500
+    assert "<turn_start>" in texts[0] and "SCENE 1" in texts[-1]

@@ -156,3 +156,14 @@ def test_ddp_two_processes_match_one(tmp_path):
     two = read_adapter(tmp_path / "two" / "adapter-final.pt", one.config)
     for k, v in lora_state_dict(one).items():
         torch.testing.assert_close(two[k], v, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_saves_plain_keys(tmp_path):
+    data = Rows(n=4, batch_size=2)
+    eager, _ = run(tmp_path / "eager", data, epochs=1)
+    compiled, _ = run(tmp_path / "compiled", data, epochs=1, compile_model=True)
+    saved = read_adapter(tmp_path / "compiled" / "adapter-final.pt", compiled.config)
+    for k, v in lora_state_dict(eager).items():
+        assert not k.startswith("_orig_mod.")
+        torch.testing.assert_close(saved[k], v, atol=1e-4, rtol=1e-3)
