@@ -39,6 +39,7 @@ class Recipe:
     batch_size: int = 8
     base_epochs: int = 1
     base_lr: float = 3e-3
+    weight_decay: float = 0.01            # low: rare tokens' embedding rows must not decay to nothing
     draft_epochs: int = 1
     draft_lr: float = 5e-3
     base: ModelConfig = field(default_factory=lambda: TINY_BASE)
@@ -73,7 +74,8 @@ def pretraining_data(tokenizer, recipe: Recipe):
     return train, list(held_out.epoch(0))
 
 
-def pretrain(config: ModelConfig, train_data, eval_data, epochs: int, lr: float, out: Path, seed: int):
+def pretrain(config: ModelConfig, train_data, eval_data, epochs: int, lr: float, out: Path, seed: int,
+             weight_decay: float = 0.01):
     from .lora import is_lora_name
     from .model import build_model
     from .train import TrainConfig, token_loss, train
@@ -81,7 +83,7 @@ def pretrain(config: ModelConfig, train_data, eval_data, epochs: int, lr: float,
     model = build_model(config, seed=seed)
     for name, p in model.named_parameters():
         p.requires_grad_(not is_lora_name(name))        # the base's adapter stays untrained (B = 0)
-    cfg = TrainConfig(epochs=epochs, learning_rate=lr, warmup_fraction=0.05, weight_decay=0.1,
+    cfg = TrainConfig(epochs=epochs, learning_rate=lr, warmup_fraction=0.05, weight_decay=weight_decay,
                       precision="bf16-mixed", prefix="pretrain", keep_best=1, eval_every=None, seed=seed)
     summary = train(model, token_loss, train_data, eval_data, cfg, out, save_weights=save_model)
     for p in model.parameters():                          # back to fp32 for shipping
@@ -156,14 +158,14 @@ def build_assets(out: str | Path = REPO_ASSETS, recipe: Recipe | None = None, wo
     print(f"2/4 base: {len(train_data)} batches of {recipe.batch_size}x{recipe.max_len}", flush=True)
     t = time.perf_counter()
     base, base_summary = pretrain(recipe.base, train_data, eval_data, recipe.base_epochs, recipe.base_lr,
-                                  work / "base", recipe.seed)
+                                  work / "base", recipe.seed, recipe.weight_decay)
     calibrate_kv_ranges(base, eval_data[:4])
     write_model_files(base, out, "base-model-config.json", "base-model.pt")
     timings["base_s"] = time.perf_counter() - t
     print("3/4 draft", flush=True)
     t = time.perf_counter()
     draft, draft_summary = pretrain(recipe.draft, train_data, eval_data, recipe.draft_epochs, recipe.draft_lr,
-                                    work / "draft", recipe.seed + 1)
+                                    work / "draft", recipe.seed + 1, recipe.weight_decay)
     write_model_files(draft, out, "draft-model-config.json", "draft-model.pt")
     timings["draft_s"] = time.perf_counter() - t
     print("4/4 scoring the base on the play test split", flush=True)

@@ -40,6 +40,54 @@ def cmd_demo(args):
     print(f"executed notebooks are in {args.out}/notebooks/")
 
 
+def add_build_assets(sub):
+    p = sub.add_parser("build-assets", help="rebuild the embedded default fmlab-tiny from its seed")
+    p.add_argument("--out", default=None, help="assets directory to write (default: the repo's assets/)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", default="out/build-assets", help="scratch directory for training runs")
+    p.set_defaults(func=cmd_build_assets)
+
+
+def cmd_build_assets(args):
+    from .build_assets import REPO_ASSETS, Recipe, build_assets
+
+    manifest = build_assets(args.out or REPO_ASSETS, Recipe(seed=args.seed), work=args.work)
+    print(f"built {manifest['name']} in {manifest['seconds']['total_s']:.0f} s; "
+          f"base play_format_score {manifest['base_play_format_score']}")
+
+
+def add_estimate(sub):
+    p = sub.add_parser("estimate", help="predicted peak memory for training and generation")
+    p.add_argument("--assets", help="assets directory (default: $FMLAB_ASSETS or the embedded fmlab-tiny)")
+    p.add_argument("--preset", help="a model preset instead of the assets' config (e.g. afm-3b)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-sequence-length", type=int, default=4095)
+    p.add_argument("--precision", default="bf16-mixed", choices=("f32", "bf16-mixed", "bf16", "f16-mixed"))
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.set_defaults(func=cmd_estimate)
+
+
+def cmd_estimate(args):
+    from .assets import BASE_CONFIG
+    from .common import assets_dir
+    from .config import from_tamm_json, preset
+    from .estimate import GiB, estimate_generation, estimate_training
+
+    cfg = preset(args.preset) if args.preset else from_tamm_json(assets_dir(args.assets) / BASE_CONFIG)
+    print(f"model: {cfg.num_layers} layers ({cfg.num_kv_reuse_layers} KV-reuse), hidden {cfg.hidden_dim}, "
+          f"vocab {cfg.vocab_size}; batch {args.batch_size} x {args.max_sequence_length}, {args.precision}"
+          + (", activation checkpointing" if args.activation_checkpointing else ""))
+    estimates = {}
+    for device in ("cpu", "cuda", "mps"):
+        estimates[device] = estimate_training(cfg, args.batch_size, args.max_sequence_length, args.precision,
+                                              args.activation_checkpointing, device=device)
+        gen = estimate_generation(cfg, args.batch_size, args.max_sequence_length, args.precision, device)
+        print(f"{device:>5}: training {estimates[device].total / GiB:7.2f} GiB   "
+              f"generation {gen.total / GiB:7.2f} GiB")
+    print("training breakdown (cuda, GiB): "
+          + ", ".join(f"{k} {v / GiB:.2f}" for k, v in estimates["cuda"].rows().items()))
+
+
 # --- validate-data (data pipeline) ---------------------------------------------------------------
 
 

@@ -146,8 +146,36 @@ def _describe(rng: random.Random) -> tuple[str, str]:
                                          f"and loves {traits.likes}. {pronoun} can {can}.")
 
 
+# The words an adapter will need (upper-case names, TITLE, SCENE, ...) without the play format itself:
+# a base that has never seen a token has a near-zero embedding row for it, and a frozen tied embedding
+# would then make that token almost impossible for a LoRA adapter to produce.
+PLAY_WORDS = ["title", "cast", "setting", "scene", "the end"]
+THEATRE_FACTS = {
+    "What is a play?": "A play is a story that actors act out on a stage for an audience.",
+    "What is a scene?": "A scene is one part of a play. A new scene often starts in a new place or time.",
+    "What is a cast?": "The cast is the group of actors who are in a play or a film.",
+    "What is a stage direction?": "A stage direction tells the actors what to do, for example where to walk.",
+    "What does the end mean?": "It means the story is over.",
+    "What is a title?": "A title is the name of a book, a song, a film or a play.",
+}
+
+
+def _capitals(rng: random.Random) -> tuple[str, str]:
+    if rng.random() < 0.5:
+        word = rng.choice(CHARACTERS + PLAY_WORDS)
+        return f"Write the word {word} in capital letters.", word.upper()
+    names = rng.sample(CHARACTERS, rng.choice((2, 3)))
+    listed = ", ".join(names[:-1]) + " and " + names[-1]
+    return f"Write {listed} in capital letters.", " ".join(n.upper() for n in names)
+
+
 def _qa(rng: random.Random) -> tuple[str, str]:
-    kind = rng.randrange(9)
+    kind = rng.randrange(11)
+    if kind == 9:
+        return _capitals(rng)
+    if kind == 10:
+        question = rng.choice(list(THEATRE_FACTS))
+        return question, THEATRE_FACTS[question]
     if kind == 0:
         return _arithmetic(rng)
     if kind in (1, 2):
