@@ -24,7 +24,7 @@ from .common import REPO_ASSETS, atomic_torch_save, atomic_write
 from .config import LoRAConfig, ModelConfig, to_tamm_json
 
 TINY_BASE = ModelConfig(vocab_size=4096, hidden_dim=256, num_layers=8, num_kv_reuse_layers=2, num_heads=4,
-                        num_kv_heads=2, hidden_dim_scale_factor=3.25, lora=LoRAConfig(rank=16, alpha=16))
+                        num_kv_heads=2, hidden_dim_scale_factor=3.25, lora=LoRAConfig(rank=16, alpha=64))
 TINY_DRAFT = ModelConfig(vocab_size=4096, hidden_dim=128, num_layers=2, num_kv_reuse_layers=0, num_heads=4,
                          num_kv_heads=2, hidden_dim_scale_factor=3.0, kv_quant=False, lora=None)
 

@@ -7,12 +7,13 @@ from pathlib import Path
 from .common import FmlabError
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+OUT = NOTEBOOK_DIR.parent / "out"        # the notebooks' `../out`: the only link between them
 
 
-def run_notebooks(out_dir: str | Path = "out", smoke: bool = False, only: list[str] | None = None,
-                  notebook_dir: Path = NOTEBOOK_DIR) -> list[dict]:
+def run_notebooks(smoke: bool = False, only: list[str] | None = None, notebook_dir: Path = NOTEBOOK_DIR,
+                  out_dir: Path = OUT) -> list[dict]:
     """Execute every numbered notebook (or those whose name starts with one of `only`) with papermill;
-    executed copies land in `out_dir/notebooks/`. Returns per-notebook timings."""
+    executed copies land in `out/notebooks/`. Returns per-notebook timings."""
     import papermill
 
     notebooks = sorted(notebook_dir.glob("[0-9][0-9]_*.ipynb"))

@@ -54,21 +54,30 @@ class LoRALinear(nn.Module):
         """The change LoRA makes to the rows of `part`, shaped like those rows: scale * (A @ B).T."""
         return self.scale * (self.lora_a[part] @ self.lora_b[part]).t()
 
-    def _block_b(self) -> torch.Tensor:
-        # block-diagonal B: adapted part i reads its own r columns of x @ A; unadapted parts get zeros
-        blocks = []
-        for part, size in self.parts.items():
-            blocks.append(self.lora_b[part] if part in self.lora_b
-                          else self.lora_b[self.adapted[0]].new_zeros(0, size))
-        return blocks[0] if len(blocks) == 1 else torch.block_diag(*blocks)
+    def _build_ab(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A of all adapted parts side by side [in, n*r], and a block-diagonal B [n*r, out]: adapted
+        part i reads its own r columns of x @ A; unadapted parts get zero columns."""
+        a = torch.cat([self.lora_a[p] for p in self.adapted], dim=1) if len(self.adapted) > 1 \
+            else self.lora_a[self.adapted[0]]
+        blocks = [self.lora_b[part] if part in self.lora_b else self.lora_b[self.adapted[0]].new_zeros(0, size)
+                  for part, size in self.parts.items()]
+        return a, (blocks[0] if len(blocks) == 1 else torch.block_diag(*blocks))
+
+    def _ab(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.is_grad_enabled():
+            return self._build_ab()
+        # inference: reuse the fused A/B until a LoRA tensor changes (decode is overhead-bound)
+        key = tuple((t.data_ptr(), t._version) for t in (*self.lora_a.values(), *self.lora_b.values()))
+        if getattr(self, "_ab_cache", (None,))[0] != key:
+            self._ab_cache = (key, *self._build_ab())
+        return self._ab_cache[1], self._ab_cache[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight)
         if self.merged or not self.adapted:
             return out
-        a = torch.cat([self.lora_a[p] for p in self.adapted], dim=1) if len(self.adapted) > 1 \
-            else self.lora_a[self.adapted[0]]
-        return out + self.scale * ((self.dropout(x) @ a) @ self._block_b())
+        a, b = self._ab()
+        return out + self.scale * ((self.dropout(x) @ a) @ b)
 
     def _rows(self):
         start = 0

@@ -54,3 +54,17 @@ def test_afm_3b_lora_per_layer_counts():
         return sum(p.numel() for n, p in block.named_parameters() if ".lora_" in n or n.startswith("lora_"))
     assert lora_in(model.layers[0]) == 1_245_184
     assert lora_in(model.layers[-1]) == 1_097_728
+
+
+def test_inference_cache_follows_in_place_updates(tiny_model):
+    x = torch.randint(1, 512, (1, 6))
+    with torch.inference_mode():
+        before = tiny_model(x)
+    with torch.no_grad():
+        tiny_model.layers[0].attn.qkv.lora_b["v"].add_(0.5)       # as an optimizer step would
+    with torch.inference_mode():
+        after = tiny_model(x)
+    with torch.enable_grad():
+        reference = tiny_model(x).detach()
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, reference)

@@ -1,0 +1,160 @@
+"""train-adapter and train-draft: Apple's training flags over one training loop."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..common import FmlabError
+from ..train import PRECISIONS
+
+
+# --- training (adapters and drafts share the loop and most flags) -----------------------------------
+
+
+def _training_flags(p, draft: bool = False):
+    """Apple's training flags (train_adapter.py / train_draft_model.py) plus fmlab's own."""
+    p.add_argument("--config", help="JSON or YAML file of flag values (keys as flag names); flags win")
+    p.add_argument("--assets", help="assets directory (default: $FMLAB_ASSETS or the embedded fmlab-tiny)")
+    p.add_argument("--train-data", required=True, help="chat JSONL for training")
+    p.add_argument("--eval-data", help="chat JSONL for evaluation (else checkpoints rank by train loss)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("-lr", "--learning-rate", type=float, default=1e-3)
+    p.add_argument("--warmup-epochs", type=float, default=None,
+                   help="linear warmup length in epochs (Apple's flag); default: --warmup-fraction")
+    p.add_argument("--warmup-fraction", type=float, default=0.1, help="warmup as a fraction of all steps")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    p.add_argument("--activation-checkpointing", action="store_true")
+    if draft:
+        p.add_argument("--target-precision", default="bf16-mixed", choices=PRECISIONS)
+        p.add_argument("--draft-precision", default="bf16-mixed", choices=PRECISIONS)
+        p.add_argument("--compile-target-model", action="store_true")
+        p.add_argument("--compile-draft-model", action="store_true")
+    else:
+        p.add_argument("--precision", default="bf16-mixed", choices=PRECISIONS)
+        p.add_argument("--compile-model", action="store_true", help="torch.compile the model (CPU and CUDA)")
+    p.add_argument("--weight-decay", type=float, default=1e-2)
+    p.add_argument("--clip-grad-norm", type=float, default=1.0)
+    p.add_argument("--max-sequence-length", type=int, default=None)
+    p.add_argument("--fixed-sized-sequences", action="store_true")
+    p.add_argument("--pack-sequences", action="store_true")
+    p.add_argument("--loss-update-frequency", type=int, default=3, help="progress-bar refresh, in steps")
+    p.add_argument("--checkpoint-dir", required=True)
+    p.add_argument("--checkpoint-frequency", type=int, default=1, help="save a candidate every N epochs")
+    p.add_argument("--keep-best", type=int, default=2, help="checkpoints kept, best by eval loss")
+    p.add_argument("--eval-every", type=int, default=None, help="also evaluate every N optimizer steps")
+    p.add_argument("--save-every", type=int, default=None, help="write the resume state every N steps")
+    p.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/last.pt exactly")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
+
+
+
+
+
+def _train_config(args, prefix: str, precision: str, compile_model: bool, schedule: str, every_n: int):
+    from ..train import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs, learning_rate=args.learning_rate, warmup_epochs=args.warmup_epochs,
+        warmup_fraction=args.warmup_fraction, schedule=schedule, batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, weight_decay=args.weight_decay,
+        clip_grad_norm=args.clip_grad_norm, precision=precision,
+        activation_checkpointing=args.activation_checkpointing, checkpoint_every_n=every_n,
+        compile_model=compile_model, eval_every=args.eval_every, checkpoint_frequency=args.checkpoint_frequency,
+        keep_best=args.keep_best, prefix=prefix, loss_update_frequency=args.loss_update_frequency, seed=args.seed)
+
+
+def _data_config(args):
+    from ..adapter import DataConfig
+
+    return DataConfig(args.max_sequence_length, args.pack_sequences, args.fixed_sized_sequences)
+
+
+def add_train_adapter(sub):
+    p = sub.add_parser("train-adapter", help="train a LoRA adapter on the base (Apple: examples.train_adapter)")
+    _training_flags(p)
+    p.add_argument("--lora-rank", type=int, default=None, help="default: the base config's (Apple: 32)")
+    p.add_argument("--lora-alpha", type=float, default=None, help="default: the base config's (Apple: 16)")
+    p.add_argument("--plot", help="write the loss curve PNG here (default: CHECKPOINT_DIR/loss.png)")
+    p.set_defaults(func=cmd_train_adapter)
+
+
+def cmd_train_adapter(args):
+    from ..adapter import train_adapter
+    from ..config import LoRAConfig
+
+    lora = None
+    if args.lora_rank or args.lora_alpha:
+        from ..assets import BASE_CONFIG
+        from ..common import assets_dir
+        from ..config import from_tamm_json
+
+        base = from_tamm_json(assets_dir(args.assets) / BASE_CONFIG).lora or LoRAConfig()
+        lora = LoRAConfig(rank=args.lora_rank or base.rank, alpha=args.lora_alpha or base.alpha)
+    config = _train_config(args, "adapter", args.precision, args.compile_model, "cosine", 2)
+    summary = train_adapter(args.train_data, args.checkpoint_dir, args.eval_data, config, _data_config(args),
+                            args.assets, lora, args.device, callbacks=_plot_callbacks(args), resume=args.resume,
+                            save_every=args.save_every)
+    _print_summary(summary)
+
+
+def add_train_draft(sub):
+    p = sub.add_parser("train-draft", help="distil the draft model against base + adapter "
+                                           "(Apple: examples.train_draft_model)")
+    p.add_argument("--checkpoint", help="teacher adapter: a file, or an adapter run directory (its best "
+                                        "checkpoint by eval loss); default: the base alone")
+    _training_flags(p, draft=True)
+    p.add_argument("--divergence", default="reverse_kl", choices=("reverse_kl", "forward_kl", "jsd"))
+    p.add_argument("--distill-temperature", type=float, default=1.0)
+    p.add_argument("--jsd-beta", type=float, default=0.5)
+    p.add_argument("--on-policy", type=float, default=0.0, help="fraction of batches scored on the draft's "
+                                                                  "own continuations (GKD)")
+    p.add_argument("--score-prompts", help="chat JSONL of held-out prompts: score every saved draft by "
+                                           "acceptance and speedup (default: --eval-data)")
+    p.add_argument("--num-score-prompts", type=int, default=8)
+    p.add_argument("--num-draft-tokens", type=int, default=5)
+    p.add_argument("--plot", help="write the loss curve PNG here (default: CHECKPOINT_DIR/loss.png)")
+    p.set_defaults(func=cmd_train_draft, warmup_fraction=0.1)
+
+
+def cmd_train_draft(args):
+    from ..draft import train_draft
+
+    config = _train_config(args, "draft-model", args.draft_precision, args.compile_draft_model, "constant", 1)
+    prompts = None
+    source = args.score_prompts or args.eval_data
+    if source:
+        from ..data import read_messages
+
+        prompts = [s.messages[:-1] if s.messages[-1]["role"] == "assistant" else s.messages
+                   for s in read_messages(source, mode="train" if not args.score_prompts else "prompt")]
+        prompts = prompts[:args.num_score_prompts]
+    summary = train_draft(args.train_data, args.checkpoint_dir, args.eval_data, args.checkpoint, config,
+                          _data_config(args), args.assets, args.divergence, args.distill_temperature, args.jsd_beta,
+                          args.on_policy, args.target_precision, args.compile_target_model, prompts,
+                          args.num_draft_tokens, args.device, callbacks=_plot_callbacks(args), resume=args.resume)
+    _print_summary(summary)
+    for row in summary.get("scores", []):
+        print(f"  {row['draft']:>24}: acceptance {row['acceptance_rate']:.3f}, speedup {row['speedup']:.2f}x")
+
+
+def _plot_callbacks(args):
+    try:
+        from ..widgets import LiveLossPlot
+    except ImportError:
+        return []
+    from pathlib import Path
+
+    return [LiveLossPlot(path=getattr(args, "plot", None) or Path(args.checkpoint_dir) / "loss.png", live=False)]
+
+
+def _print_summary(summary):
+    manifest = summary["manifest"]
+    print(f"done: {summary['steps']} steps, final train loss {summary['loss']:.4f}"
+          + (f", eval loss {summary['eval_loss']:.4f}" if summary["eval_loss"] is not None else ""))
+    for c in manifest["checkpoints"]:
+        print(f"  kept {c['path']}  (metric {c['metric']:.4f})")
+    if manifest["final"]:
+        print(f"  final {manifest['final']['path']}")
+    print(f"  metrics: {summary['out_dir']}/metrics.jsonl, manifest: {summary['out_dir']}/checkpoints.json")
