@@ -123,7 +123,9 @@ def _compare_logits(report: Report, model, src: dict, pkg: dict, vocab: int) -> 
     scale = float(ref.abs().max())
     effect = float((ref - base).abs().max())
     agree = float((ref.argmax(-1) == got.argmax(-1)).float().mean())
-    tol = 4e-3 * max(scale, 1.0)        # fp16 rounding of the LoRA weights, propagated through the model
+    # fp16 rounding of the LoRA weights (relative 2^-11 each), propagated through the model: it grows
+    # with the logits' size and with how far the adapter moves them (a large LoRA scale amplifies it)
+    tol = 4e-3 * max(scale, 1.0) + 1e-2 * effect
     report.add("logits: package adapter vs source checkpoint", diff <= tol,
                f"max |diff| {diff:.2e} (tolerance {tol:.1e}); the adapter itself moves logits by {effect:.2e}; "
                f"greedy tokens agree {agree:.1%}")
