@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import save_model, to_apple
-from .checkpointing import sha256
-from .common import REPO_ASSETS, atomic_torch_save, atomic_write
+from .common import REPO_ASSETS, atomic_torch_save, atomic_write, file_sha
 from .config import LoRAConfig, ModelConfig, to_tamm_json
 
 TINY_BASE = ModelConfig(vocab_size=4096, hidden_dim=256, num_layers=8, num_kv_reuse_layers=2, num_heads=4,
@@ -180,7 +179,7 @@ def build_assets(out: str | Path = REPO_ASSETS, recipe: Recipe | None = None, wo
         "base_eval_loss": base_summary["eval_loss"], "draft_eval_loss": draft_summary["eval_loss"],
         "base_play_format_score": round(score, 4),
         "seconds": {k: round(v, 1) for k, v in timings.items()},
-        "files": {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in sorted(out.iterdir())
+        "files": {p.name: {"sha256": file_sha(p), "bytes": p.stat().st_size} for p in sorted(out.iterdir())
                   if p.name != "manifest.json"},
     }
     with atomic_write(out / "manifest.json", "w") as f:

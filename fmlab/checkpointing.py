@@ -4,7 +4,6 @@ optimizer, scheduler, RNG, data position). Every file is written atomically.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from pathlib import Path
@@ -12,17 +11,9 @@ from typing import Callable
 
 import torch
 
-from .common import FmlabError, atomic_torch_save, atomic_write
+from .common import FmlabError, atomic_torch_save, atomic_write, file_sha
 
 MANIFEST, LAST = "checkpoints.json", "last.pt"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_manifest(checkpoint_dir: str | Path) -> dict:
@@ -57,7 +48,7 @@ class CheckpointManager:
             json.dump(self.manifest, f, indent=2)
 
     def _record(self, path: Path, **info) -> dict:
-        return {"path": path.name, "sha256": sha256(path), **info}
+        return {"path": path.name, "sha256": file_sha(path), **info}
 
     def save_candidate(self, model, name: str, metric: float, **info) -> bool:
         """Save `<prefix>-<name>.pt` if it ranks among the best N by `metric`; drop the ones it beats."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +22,15 @@ def assets_dir(path: str | os.PathLike | None = None) -> Path:
     if not chosen.is_dir():
         raise FmlabError(f"assets directory {chosen} does not exist (set --assets or FMLAB_ASSETS)")
     return chosen
+
+
+def file_sha(path: str | os.PathLike, algo: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB chunks (checkpoints can be gigabytes)."""
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def resolve_device(name: str | None = None) -> torch.device:

@@ -17,7 +17,6 @@ Offsets point at blob metadata records; every write checks the sentinel, the MIL
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .blob import overwrite_blob, read_blob
-from .common import FmlabError
+from .common import FmlabError, file_sha
 from .config import ModelConfig
 from .coreml_draft import interleaved_rows, neox_rows
 from .quant import int4_dequantize, int4_quantize, lut4_dequantize, lut4_quantize, relative_error
@@ -132,14 +131,6 @@ def load_spec(path: Path) -> tuple[list[SpecEntry], dict]:
     return entries, {k: v for k, v in raw.items() if k != "weights_mapping"}
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def encode_entry(fmt: str, w: torch.Tensor) -> dict[str, torch.Tensor]:
     """One tensor in a template format: component -> values to store."""
     if fmt == "fp16":
@@ -163,7 +154,7 @@ def decode_entry(fmt: str, parts: dict, shape) -> torch.Tensor:
 def fill_template(state: dict, cfg: ModelConfig, files: dict[str, Path], out_dir: Path) -> dict:
     """Write `draft_weights.bin` (filled copy of the template) and `draft.mil` (exact copy) into `out_dir`."""
     entries, meta = load_spec(files[SPEC])
-    if meta.get("mil_sha256") and meta["mil_sha256"] != sha256(files[MIL]):
+    if meta.get("mil_sha256") and meta["mil_sha256"] != file_sha(files[MIL]):
         raise FmlabError(f"{files[MIL]}: sha256 differs from the spec's mil_sha256; "
                          f"the template files do not belong together")
     tensors = to_mil(state, cfg)

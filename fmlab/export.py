@@ -15,7 +15,6 @@ only a previous package of the same name is ever replaced.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,7 +27,7 @@ import torch
 
 from .blob import BlobWriter, read_blob, read_index
 from .checkpoint import apple_key_map, from_apple, load_torch, read_adapter
-from .common import FmlabError, assets_dir
+from .common import FmlabError, assets_dir, file_sha
 from .config import PRESETS, ModelConfig, from_tamm_json, to_tamm_json
 
 BASE_SIGNATURE = "9799725ff8e851184037110b422d891ad3b92ec1"      # Apple's afm-3b (constants.py)
@@ -74,14 +73,6 @@ def check_runtime_lora(cfg: ModelConfig) -> None:
             raise FmlabError(f"an afm-3b adapter must use LoRA rank {APPLE_RANK}, alpha {APPLE_ALPHA:g} on every "
                              f"projection (got rank {lora.rank}, alpha {lora.alpha:g}, targets {list(lora.targets)}): "
                              f"the device runtime assumes Apple's values and nothing in the package says otherwise")
-
-
-def file_sha(path: Path, algo: str = "sha256") -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def default_signature(cfg: ModelConfig, assets: Path) -> str:

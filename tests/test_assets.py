@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from fmlab.assets import load_base, load_draft, load_tokenizer
-from fmlab.checkpointing import sha256
-from fmlab.common import REPO_ASSETS
+from fmlab.common import REPO_ASSETS, file_sha
 from fmlab.config import from_tamm_json
 from fmlab.corpus import probe_prompts
 from fmlab.generate import generate
@@ -22,7 +21,7 @@ MANIFEST = json.loads((REPO_ASSETS / "manifest.json").read_text())
 def test_files_match_manifest(name):
     path = REPO_ASSETS / name
     assert path.stat().st_size == MANIFEST["files"][name]["bytes"]
-    assert sha256(path) == MANIFEST["files"][name]["sha256"]
+    assert file_sha(path) == MANIFEST["files"][name]["sha256"]
 
 
 def test_total_size_is_small():

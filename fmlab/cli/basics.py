@@ -1,7 +1,6 @@
 """Everyday commands: info, demo, build-assets, estimate, validate-data."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 from ..common import FmlabError

@@ -1,11 +1,6 @@
 """export and verify-fmadapter: the .fmadapter package."""
 from __future__ import annotations
 
-import argparse
-import sys
-
-from ..common import FmlabError
-
 
 # --- export (.fmadapter package and its verification) -----------------------------------------------
 

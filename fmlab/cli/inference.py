@@ -1,7 +1,6 @@
 """generate: Apple's generate flags, with speculative decoding."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 from ..common import FmlabError

@@ -1,10 +1,7 @@
 """train-adapter and train-draft: Apple's training flags over one training loop."""
 from __future__ import annotations
 
-import argparse
-import sys
 
-from ..common import FmlabError
 from ..train import PRECISIONS
 
 
@@ -47,9 +44,6 @@ def _training_flags(p, draft: bool = False):
     p.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/last.pt exactly")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
-
-
-
 
 
 def _train_config(args, prefix: str, precision: str, compile_model: bool, schedule: str, every_n: int):
