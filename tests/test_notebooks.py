@@ -1,10 +1,22 @@
-"""Every notebook runs headlessly with papermill (SMOKE=True) and is committed without outputs."""
+"""Every notebook runs headlessly with papermill (SMOKE=True) and is committed without outputs.
+
+They run in order in a scratch workspace whose `data/` links to the repo's, so their `../out/` files
+link them to each other as in a real run without touching the user's own `out/`."""
 import json
 from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("notebook-run")
+    (root / "notebooks").mkdir()
+    (root / "data").symlink_to(REPO / "data")
+    return root / "notebooks"
 
 
 def test_there_are_notebooks():
@@ -21,9 +33,9 @@ def test_committed_without_outputs_and_with_parameters(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_headless(path, tmp_path):
+def test_notebook_runs_headless(path, workspace):
     import papermill
 
-    papermill.execute_notebook(str(path), str(tmp_path / path.name), parameters={"SMOKE": True},
-                               kernel_name="python3", cwd=str(path.parent), progress_bar=False,
+    papermill.execute_notebook(str(path), str(workspace / path.name), parameters={"SMOKE": True},
+                               kernel_name="python3", cwd=str(workspace), progress_bar=False,
                                execution_timeout=600)
