@@ -204,7 +204,7 @@ def train(model, loss_fn, train_data, eval_data, config: TrainConfig, out_dir: s
                          f"({group} batches); lower --batch-size or --gradient-accumulation-steps")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, steps_per_epoch))
     ckpt = CheckpointManager(out_dir, config.prefix, save_weights or save_adapter, config.keep_best,
-                             config=asdict(config))
+                             config=asdict(config), continue_run=resume)
     metrics_path = out_dir / "metrics.jsonl"
     position = {"epoch": 0, "step_in_epoch": 0, "step": 0}
     if resume:

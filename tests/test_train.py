@@ -167,3 +167,10 @@ def test_compiled_training_matches_eager_and_saves_plain_keys(tmp_path):
     for k, v in lora_state_dict(eager).items():
         assert not k.startswith("_orig_mod.")
         torch.testing.assert_close(saved[k], v, atol=1e-4, rtol=1e-3)
+
+
+def test_fresh_run_in_a_used_directory_starts_a_fresh_ranking(tmp_path):
+    data = Rows(n=4, batch_size=2)
+    run(tmp_path, data, epochs=2)
+    run(tmp_path, data, epochs=1)
+    assert [c["epoch"] for c in read_manifest(tmp_path)["checkpoints"]] == [1]
