@@ -14,39 +14,24 @@ import json
 
 import torch
 
-from fmlab.build_assets import TINY_BASE
 from fmlab.generate import generate_ids
 from fmlab.model import build_model
 from fmlab.sampling import Sampling
 
 try:
+    from benchmarks.llama import hf_llama, llama_like
     from benchmarks.timing import interleaved, machine
 except ImportError:
+    from llama import hf_llama, llama_like
     from timing import interleaved, machine
 
 GREEDY = Sampling(temperature=0.0)
 
 
-def llama_like():
-    return TINY_BASE.__class__(**{**TINY_BASE.to_dict(), "num_kv_reuse_layers": 0, "kv_quant": False,
-                                  "lora": None})
-
-
-def hf_model(cfg):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    hf_cfg = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_dim, intermediate_size=cfg.ffn_dim,
-                         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                         num_key_value_heads=cfg.num_kv_heads, tie_word_embeddings=True, rms_norm_eps=1e-5,
-                         rope_theta=cfg.rope_theta, max_position_embeddings=4096, attn_implementation="sdpa")
-    return LlamaForCausalLM(hf_cfg).eval()
-
-
 def decode_vs_transformers(tokens: int, prompt_len: int, repeats: int) -> dict:
     cfg = llama_like()
     ours = build_model(cfg, seed=0).eval()
-    peer = hf_model(cfg)
+    peer = hf_llama(cfg).eval()
     prompt = torch.randint(5, cfg.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
 
     def fmlab_run():

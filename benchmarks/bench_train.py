@@ -11,6 +11,7 @@ and compiled, interleaved, median of repeats. Reported as tokens/s and the ratio
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import torch
@@ -23,8 +24,10 @@ from fmlab.model import build_model
 from fmlab.train import token_loss
 
 try:
+    from benchmarks.llama import hf_llama, llama_like
     from benchmarks.timing import interleaved, machine
 except ImportError:      # run as a script
+    from llama import hf_llama, llama_like
     from timing import interleaved, machine
 
 
@@ -47,15 +50,8 @@ def fmlab_step(cfg, batch, compile_model: bool):
 
 def peft_step(cfg, batch, compile_model: bool):
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    hf_cfg = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_dim, intermediate_size=cfg.ffn_dim,
-                         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                         num_key_value_heads=cfg.num_kv_heads, tie_word_embeddings=True, rms_norm_eps=1e-5,
-                         rope_theta=cfg.rope_theta, attention_bias=False, mlp_bias=False,
-                         max_position_embeddings=4096, attn_implementation="sdpa")
-    torch.manual_seed(0)
-    model = get_peft_model(LlamaForCausalLM(hf_cfg), LoraConfig(
+    model = get_peft_model(hf_llama(cfg), LoraConfig(
         r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     run = torch.compile(model) if compile_model else model
@@ -82,17 +78,16 @@ def make_batch(vocab: int, batch: int, seq: int, prompt_fraction: float = 0.3):
 
 def run(batch_size=8, seq=512, repeats=5, modes=("eager", "compiled")) -> dict:
     lora = LoRAConfig(rank=TINY_BASE.lora.rank, alpha=TINY_BASE.lora.alpha)
-    llama_like = TINY_BASE.__class__(**{**TINY_BASE.to_dict(), "num_kv_reuse_layers": 0, "kv_quant": False,
-                                        "lora": lora})
-    afm = TINY_BASE.__class__(**{**TINY_BASE.to_dict(), "lora": lora})
+    llama = llama_like(lora)
+    afm = dataclasses.replace(TINY_BASE, lora=lora)
     batch = make_batch(TINY_BASE.vocab_size, batch_size, seq)
     tokens = batch_size * seq
     results = {"machine": machine(), "batch": batch_size, "seq": seq, "modes": {}}
     for mode in modes:
         compiled = mode == "compiled"
-        times = interleaved({"fmlab": fmlab_step(llama_like, batch, compiled),
+        times = interleaved({"fmlab": fmlab_step(llama, batch, compiled),
                              "fmlab (AFM default)": fmlab_step(afm, batch, compiled),
-                             "transformers+peft": peft_step(llama_like, batch, compiled)}, repeats=repeats)
+                             "transformers+peft": peft_step(llama, batch, compiled)}, repeats=repeats)
         tps = {k: tokens / v for k, v in times.items()}
         results["modes"][mode] = {"tokens_per_s": tps, "ratio": tps["fmlab"] / tps["transformers+peft"]}
         print(f"{mode}: " + ", ".join(f"{k} {v:,.0f} tok/s" for k, v in tps.items())

@@ -54,29 +54,25 @@ def _safe(key: str) -> str:
     return key.replace(".", "_")
 
 
-def to_neox(state: dict, cfg: ModelConfig) -> dict:
-    """Draft state dict with Q/K rows and QK-norm weights in half-split order (a copy)."""
+def _map_qk_rows(state: dict, cfg: ModelConfig, rows) -> dict:
+    """Apply the row order `rows(w, heads)` to every layer's Q/K rows and QK-norm weights (in place)."""
     H, KV, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    out = {k: v.detach().float().clone() for k, v in state.items()}
     for i in range(cfg.num_layers):
         a = f"layers.{i}.attn."
-        q, k, v = out[a + "qkv.weight"].split([H * hd, KV * hd, KV * hd])
-        out[a + "qkv.weight"] = torch.cat([neox_rows(q, H), neox_rows(k, KV), v])
-        out[a + "q_norm.weight"] = neox_rows(out[a + "q_norm.weight"], 1)
-        out[a + "k_norm.weight"] = neox_rows(out[a + "k_norm.weight"], 1)
-    return out
+        q, k, v = state[a + "qkv.weight"].split([H * hd, KV * hd, KV * hd])
+        state[a + "qkv.weight"] = torch.cat([rows(q, H), rows(k, KV), v])
+        state[a + "q_norm.weight"] = rows(state[a + "q_norm.weight"], 1)
+        state[a + "k_norm.weight"] = rows(state[a + "k_norm.weight"], 1)
+    return state
+
+
+def to_neox(state: dict, cfg: ModelConfig) -> dict:
+    """Draft state dict with Q/K rows and QK-norm weights in half-split order (a copy)."""
+    return _map_qk_rows({k: v.detach().float().clone() for k, v in state.items()}, cfg, neox_rows)
 
 
 def from_neox(state: dict, cfg: ModelConfig) -> dict:
-    H, KV, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    out = dict(state)
-    for i in range(cfg.num_layers):
-        a = f"layers.{i}.attn."
-        q, k, v = out[a + "qkv.weight"].split([H * hd, KV * hd, KV * hd])
-        out[a + "qkv.weight"] = torch.cat([interleaved_rows(q, H), interleaved_rows(k, KV), v])
-        out[a + "q_norm.weight"] = interleaved_rows(out[a + "q_norm.weight"], 1)
-        out[a + "k_norm.weight"] = interleaved_rows(out[a + "k_norm.weight"], 1)
-    return out
+    return _map_qk_rows(dict(state), cfg, interleaved_rows)
 
 
 class CoreMLDraft(nn.Module):
