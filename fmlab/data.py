@@ -14,6 +14,9 @@ Messages: role `system` (first only), `user`, `assistant`, `tool` (`function` is
 assistant alternate, starting with user; tool results follow an assistant turn with `tool_calls`, and the
 assistant answers them. A training sample ends with assistant; a prompt ends with user (or a tool result).
 Samples with and without a system turn may be mixed: the default system turn is added per sample.
+
+Lines are read as bytes by `fmlab.jsonl` (UTF-8, LF or CRLF, size and nesting limits), so a broken
+line is always a file:line error, never a traceback.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from pathlib import Path
 
 from .chat import IGNORE, encode_chat, encode_prompt
 from .common import FmlabError
+from .jsonl import BLANK, parse_line, read_lines, short
 
 ROLES = ("system", "user", "assistant", "tool", "function")
 SAMPLE_KEYS = {"messages", "tools", "response_format"}
@@ -72,12 +76,12 @@ def _check_message(i: int, message, errors: list[str], notes: list[str]) -> str 
         errors.append(f"{at}: expected an object with role and content, got {type(message).__name__}")
         return None
     for key in message.keys() - MESSAGE_KEYS:
-        notes.append(f"{at}: unknown key {key!r} ignored")
+        notes.append(f"{at}: unknown key {short(key)} ignored")
     role = message.get("role")
     if role is None:
         errors.append(f"{at}.role: missing")
     elif role not in ROLES:
-        errors.append(f"{at}.role: unknown role {role!r} (expected one of {', '.join(ROLES[:4])})")
+        errors.append(f"{at}.role: unknown role {short(role)} (expected one of {', '.join(ROLES[:4])})")
         role = None
     role = "tool" if role == "function" else role
     content = message.get("content")
@@ -149,11 +153,11 @@ def check_sample(obj, mode: str = "train") -> tuple[Sample | None, list[str], li
     if isinstance(obj, dict):
         if "messages" in obj:
             for key in obj.keys() - SAMPLE_KEYS:
-                notes.append(f"unknown key {key!r} ignored")
+                notes.append(f"unknown key {short(key)} ignored")
             messages, tools, response_format = obj["messages"], obj.get("tools"), obj.get("response_format")
         elif obj and isinstance(next(iter(obj.values())), list):
             key = next(iter(obj))
-            notes.append(f"no 'messages' key; reading the first key {key!r} as messages, like Apple's toolkit")
+            notes.append(f"no 'messages' key; reading the first key {short(key)} as messages, like Apple's toolkit")
             messages = obj[key]
         else:
             return None, ['messages: missing (expected {"messages": [...]} or a list of messages)'], notes
@@ -191,19 +195,24 @@ def read_messages(path: str | os.PathLike, mode: str = "train") -> list[Sample]:
     if mode not in ("train", "prompt"):
         raise FmlabError(f"mode must be 'train' or 'prompt', not {mode!r}")
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError([f"{path}: no such file"])
+    if not path.is_file():
+        raise DataError([f"{path}: not a file"])
     samples: list[Sample] = []
     errors: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
+    try:
+        f = open(path, "rb")
+    except OSError as err:
+        raise DataError([f"{path}: cannot read ({err.strerror})"]) from None
+    with f:
+        for number, raw in read_lines(f):
             where = f"{path}:{number}"
-            try:
-                obj = json.loads(text.strip())
-            except json.JSONDecodeError as err:
-                errors.append(f"{where}: invalid JSON: {err.msg} (column {err.colno})")
+            obj, problem = parse_line(raw)
+            if problem:
+                errors.append(f"{where}: {problem}")
+                continue
+            if obj is BLANK:
                 continue
             sample, problems, notes = check_sample(obj, mode)
             errors += [f"{where}: {p}" for p in problems]
@@ -315,6 +324,9 @@ def tokenize_dataset(
                 labels = [IGNORE] * len(ids)
         except FmlabError as err:  # e.g. a tool result that contains <turn_end>
             errors.append(f"{sample.where}: {err}")
+            continue
+        except (ValueError, RecursionError, UnicodeError) as err:  # e.g. tool arguments that are odd JSON
+            errors.append(f"{sample.where}: cannot render this sample ({type(err).__name__}: {str(err)[:120]})")
             continue
         report.lengths.append(len(ids))
         if max_len is not None and len(ids) > max_len:
