@@ -141,10 +141,14 @@ def to_apple(state: dict, cfg: ModelConfig, lora_only: bool = False) -> OrderedD
 
 
 def load_torch(path: str | Path) -> dict:
-    """`torch.load` that runs no pickled code and maps the file instead of reading it into RAM."""
+    """`torch.load` that runs no pickled code and maps the file instead of reading it into RAM; a file
+    of a training run must match the sha256 its manifest recorded."""
+    from .checkpointing import verify_recorded
+
     path = Path(path)
     if not path.is_file():
         raise FmlabError(f"{path}: file not found")
+    verify_recorded(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:   # pickle payloads, truncated files, non-torch files
@@ -189,16 +193,16 @@ def read_adapter(path: str | Path, cfg: ModelConfig) -> dict:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
+        from .checkpointing import verify_recorded
+
+        verify_recorded(path)
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 state = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as err:
             raise FmlabError(f"{path}: not a readable safetensors file ({err})") from None
-        saved = json.loads(meta.get("model_config", "null")) or {}
-        saved_lora = LoRAConfig(**saved["lora"]) if saved.get("lora") else None
-        if saved and saved_lora != cfg.lora:
-            raise FmlabError(f"{path}: adapter LoRA config {saved_lora} differs from the model's {cfg.lora}")
+        _check_saved_config(json.loads(meta.get("model_config", "null")) or {}, cfg, path)
         from .lora import is_lora_name
 
         expected = [k for k in _fmlab_keys(cfg) if is_lora_name(k)]
@@ -206,6 +210,21 @@ def read_adapter(path: str | Path, cfg: ModelConfig) -> dict:
         _check_shapes(state, cfg, str(path))
         return state
     return from_apple(load_torch(path), cfg, str(path), lora_only=True)
+
+
+def _check_saved_config(saved: dict, cfg: ModelConfig, path: Path) -> None:
+    """An adapter records the base config it was trained on; one for another base (even one whose
+    LoRA shapes happen to fit, e.g. another vocabulary) is refused, naming each differing field."""
+    if not saved:
+        return
+    saved_lora = LoRAConfig(**saved["lora"]) if saved.get("lora") else None
+    if saved_lora != cfg.lora:
+        raise FmlabError(f"{path}: adapter LoRA config {saved_lora} differs from the model's {cfg.lora}")
+    current = cfg.to_dict()
+    fields = sorted(k for k in saved.keys() & current.keys() - {"lora", "context_length"} if saved[k] != current[k])
+    if fields:
+        raise FmlabError(f"{path}: adapter was trained for another base model: "
+                         + ", ".join(f"{k} {saved[k]} (adapter) vs {current[k]} (model)" for k in fields))
 
 
 def _fmlab_keys(cfg: ModelConfig) -> list[str]:

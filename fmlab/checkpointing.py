@@ -11,16 +11,43 @@ from typing import Callable
 
 import torch
 
-from .common import FmlabError, atomic_torch_save, atomic_write, file_sha
+from .common import FmlabError, atomic_torch_save, atomic_write, file_sha, safe_name
 
 MANIFEST, LAST = "checkpoints.json", "last.pt"
 
 
 def read_manifest(checkpoint_dir: str | Path) -> dict:
+    """The run's manifest, checked: every file it names is a plain name inside the run directory (a
+    crafted manifest must not make fmlab load, or delete, files elsewhere)."""
     path = Path(checkpoint_dir) / MANIFEST
     if not path.is_file():
         raise FmlabError(f"{path}: no checkpoint manifest (was this directory written by fmlab train?)")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+        entries = manifest["checkpoints"] + ([manifest["final"]] if manifest.get("final") else [])
+        names = [e["path"] for e in entries] + ([manifest["best_by_acceptance"]]
+                                                if manifest.get("best_by_acceptance") else [])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise FmlabError(f"{path}: not a readable checkpoint manifest ({type(err).__name__}: {err})") from None
+    for name in names:
+        if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+            raise FmlabError(f"{path}: entry {name!r} is not a file name in {checkpoint_dir}; refusing it")
+    return manifest
+
+
+def verify_recorded(path: str | Path) -> None:
+    """Refuse a checkpoint whose sha256 differs from what its run's manifest recorded: a truncated,
+    half-written or altered file is never loaded silently. Files outside a run directory pass."""
+    path = Path(path)
+    if not path.is_file() or not (path.parent / MANIFEST).is_file():
+        return
+    manifest = read_manifest(path.parent)
+    for entry in manifest["checkpoints"] + [manifest.get("final") or {}]:
+        if entry.get("path") == path.name and entry.get("sha256") and file_sha(path) != entry["sha256"]:
+            raise FmlabError(
+                f"{path}: its sha256 differs from the one {MANIFEST} recorded, so the file is truncated, "
+                f"half-written or was changed after training. Resume the run (--resume) to rewrite it, "
+                f"or use another checkpoint of the run")
 
 
 def best_checkpoint(checkpoint_dir: str | Path, key: str = "eval_loss") -> Path:
@@ -38,10 +65,19 @@ class CheckpointManager:
                  config: dict | None = None, continue_run: bool = True):
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.prefix, self.save_weights, self.keep_best = prefix, save_weights, keep_best
+        self.prefix, self.save_weights, self.keep_best = safe_name(prefix, "checkpoint prefix"), save_weights, keep_best
         self.manifest = {"prefix": prefix, "config": config or {}, "checkpoints": [], "final": None}
         if continue_run and (self.dir / MANIFEST).is_file():     # a fresh run starts a fresh ranking
             self.manifest = read_manifest(self.dir)
+        self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self):
+        """A run killed inside an atomic write leaves its temporary file `.<name>.<random>.tmp` behind
+        (the real file is untouched); remove this run's, which may be as large as a checkpoint."""
+        ours = (f".{self.prefix}-", f".{LAST}.", f".{MANIFEST}.", ".metrics.jsonl.")
+        for tmp in self.dir.glob(".*.tmp"):
+            if tmp.name.startswith(ours):
+                tmp.unlink(missing_ok=True)
 
     def _write_manifest(self):
         with atomic_write(self.dir / MANIFEST, "w") as f:
@@ -56,15 +92,16 @@ class CheckpointManager:
         worst = max(entries, key=lambda c: c["metric"]) if len(entries) >= self.keep_best else None
         if worst is not None and metric >= worst["metric"]:
             return False
-        path = self.dir / f"{self.prefix}-{name}.pt"
+        path = self.dir / safe_name(f"{self.prefix}-{name}.pt", "checkpoint name")
         self.save_weights(model, path)
         entries[:] = [c for c in entries if c["path"] != path.name]
         entries.append(self._record(path, metric=metric, **info))
         entries.sort(key=lambda c: c["metric"])
-        for dropped in entries[self.keep_best:]:
-            (self.dir / dropped["path"]).unlink(missing_ok=True)
+        dropped = entries[self.keep_best:]
         del entries[self.keep_best:]
-        self._write_manifest()
+        self._write_manifest()          # first the manifest, so a crash leaves no entry without its file
+        for entry in dropped:
+            (self.dir / entry["path"]).unlink(missing_ok=True)
         return True
 
     def save_final(self, model, **info) -> Path:
@@ -97,13 +134,18 @@ class CheckpointManager:
         path = self.dir / LAST
         if not path.is_file():
             raise FmlabError(f"{path}: nothing to resume from (no last.pt in the checkpoint directory)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            trainable = state["trainable"]
+        except Exception as err:    # truncated or foreign file, a pickle payload, another layout
+            raise FmlabError(f"{path}: not a readable resume state ({type(err).__name__}: {str(err)[:200]}); "
+                             f"start the run again without --resume") from None
         params = dict(model.named_parameters())
-        missing = set(state["trainable"]) - set(params)
-        if missing:
-            raise FmlabError(f"{path}: resume state does not fit this model ({sorted(missing)[:3]} ...)")
+        wrong = sorted(n for n, t in trainable.items() if n not in params or params[n].shape != t.shape)
+        if wrong:
+            raise FmlabError(f"{path}: resume state does not fit this model (missing or mis-shaped: {wrong[:3]} ...)")
         with torch.no_grad():
-            for n, t in state["trainable"].items():
+            for n, t in trainable.items():
                 params[n].copy_(t)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -167,12 +167,18 @@ def _callbacks(callbacks, event: str, payload: dict):
             handler(payload)
 
 
-def _trim_metrics(path: Path, step: int):
-    """On resume, drop rows a crashed run logged after its last saved state."""
-    if path.is_file():
-        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        with atomic_write(path, "w") as f:
-            f.write("".join(r + "\n" for r in rows))
+def _trim_metrics(path: Path, position: dict):
+    """On resume, drop what a crashed run logged after its last saved state: whole rows (an eval row
+    can share the saved step) and half-written ones, by the file size the state recorded."""
+    if not path.is_file():
+        return
+    if "metrics_bytes" in position:
+        text = path.read_bytes()[:position["metrics_bytes"]].decode()
+    else:       # a resume state from before metrics_bytes
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= position["step"]]
+        text = "".join(r + "\n" for r in rows)
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 def train(model, loss_fn, train_data, eval_data, config: TrainConfig, out_dir: str | Path,
@@ -209,7 +215,7 @@ def train(model, loss_fn, train_data, eval_data, config: TrainConfig, out_dir: s
     position = {"epoch": 0, "step_in_epoch": 0, "step": 0}
     if resume:
         position = ckpt.load_last(model, optimizer, scheduler, scaler)
-        _trim_metrics(metrics_path, position["step"])
+        _trim_metrics(metrics_path, position)
     elif rank == 0:
         metrics_path.write_text("")
     run_model = model
@@ -230,7 +236,8 @@ def train(model, loss_fn, train_data, eval_data, config: TrainConfig, out_dir: s
     def checkpoint_state(epoch, step_in_epoch):
         if rank == 0:
             ckpt.save_last(model, optimizer, scheduler, scaler,
-                           {"epoch": epoch, "step_in_epoch": step_in_epoch, "step": step})
+                           {"epoch": epoch, "step_in_epoch": step_in_epoch, "step": step,
+                            "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0})
 
     def run_eval(epoch_progress):
         if eval_data is None:
