@@ -63,9 +63,10 @@ def best_checkpoint(checkpoint_dir: str | Path, key: str = "eval_loss") -> Path:
 class CheckpointManager:
     def __init__(self, out_dir: str | Path, prefix: str, save_weights: Callable, keep_best: int = 2,
                  config: dict | None = None, continue_run: bool = True):
+        self.prefix = safe_name(prefix, "checkpoint prefix")      # before anything is written
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.prefix, self.save_weights, self.keep_best = safe_name(prefix, "checkpoint prefix"), save_weights, keep_best
+        self.save_weights, self.keep_best = save_weights, keep_best
         self.manifest = {"prefix": prefix, "config": config or {}, "checkpoints": [], "final": None}
         if continue_run and (self.dir / MANIFEST).is_file():     # a fresh run starts a fresh ranking
             self.manifest = read_manifest(self.dir)
