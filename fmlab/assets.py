@@ -32,7 +32,7 @@ def load_model(config_path: Path, weights_path: Path, device="cpu", frozen_dtype
     the frozen base weights (LoRA and norms stay fp32) and load an adapter or draft checkpoint on top."""
     cfg = from_tamm_json(config_path)
     model = build_model(cfg, device="meta")
-    state = from_apple(load_torch(weights_path), cfg, str(weights_path))
+    state = from_apple(load_torch(weights_path), cfg, f"{weights_path} (against {config_path.name})")
     warn_if_lora_nonzero(state, str(weights_path))
     model.load_state_dict(state, strict=True, assign=True)
     model.to(device)
@@ -60,9 +60,18 @@ def load_draft(assets: str | Path | None = None, checkpoint: str | Path | None =
 
 
 def load_tokenizer(assets: str | Path | None = None):
+    """The assets' tokenizer, checked against the base config: a token id past the embedding's rows
+    would fail deep inside a forward pass (Apple's 150021 pieces fit a vocab_size of 153600)."""
     from .tokenizer import Tokenizer
 
-    return Tokenizer.from_file(_require(assets_dir(assets), TOKENIZER))
+    d = assets_dir(assets)
+    tokenizer = Tokenizer.from_file(_require(d, TOKENIZER))
+    if (d / BASE_CONFIG).is_file():
+        cfg = from_tamm_json(d / BASE_CONFIG)
+        if tokenizer.vocab_size > cfg.vocab_size:
+            raise FmlabError(f"{d / TOKENIZER} has {tokenizer.vocab_size} pieces but {d / BASE_CONFIG} has "
+                             f"vocab_size {cfg.vocab_size}: the tokenizer belongs to another model")
+    return tokenizer
 
 
 def cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
