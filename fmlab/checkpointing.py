@@ -60,6 +60,18 @@ def best_checkpoint(checkpoint_dir: str | Path, key: str = "eval_loss") -> Path:
     return Path(checkpoint_dir) / chosen["path"]
 
 
+def _take_learning_rate(optimizer, scheduler, base_lrs: list[float]) -> None:
+    """A resume restores everything but the learning rate, which comes from this run's flags: "lower
+    the learning rate, then --resume" (the hint after NaN or divergence) must do what it says. The
+    same learning rate changes nothing, so an unchanged resume stays exact."""
+    if list(scheduler.base_lrs) == base_lrs:
+        return
+    scheduler.base_lrs = list(base_lrs)
+    for group, base, factor in zip(optimizer.param_groups, base_lrs, scheduler.lr_lambdas):
+        group["initial_lr"], group["lr"] = base, base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
 class CheckpointManager:
     def __init__(self, out_dir: str | Path, prefix: str, save_weights: Callable, keep_best: int = 2,
                  config: dict | None = None, continue_run: bool = True):
@@ -148,8 +160,10 @@ class CheckpointManager:
         with torch.no_grad():
             for n, t in trainable.items():
                 params[n].copy_(t)
+        configured = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        _take_learning_rate(optimizer, scheduler, configured)
         if scaler is not None and state["scaler"]:
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])

@@ -89,6 +89,42 @@ def lr_lambda(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], floa
     return factor
 
 
+class DivergenceWarning(UserWarning):
+    """The training loss is rising far above where it started."""
+
+
+class DivergenceCheck:
+    """Warns once (the run goes on; NaN/inf still stop it) when the smoothed training loss exceeds
+    `factor` x its start: the mean of the first `first` step losses of this run (or of a resume).
+    Smoothing is an exponential moving average (`smooth` 0.9: about the last 10 steps), so one hard
+    batch does not trigger it."""
+
+    def __init__(self, factor: float = 2.0, first: int = 5, smooth: float = 0.9):
+        self.factor, self.first, self.smooth = factor, first, smooth
+        self.losses: list[float] = []
+        self.ema = None
+        self.fired = False
+
+    @property
+    def start(self) -> float | None:
+        return sum(self.losses) / len(self.losses) if len(self.losses) == self.first else None
+
+    def update(self, loss: float) -> bool:
+        """Feed one step's loss; True the first time the smoothed loss passes factor x start."""
+        if len(self.losses) < self.first:
+            self.losses.append(loss)
+        self.ema = loss if self.ema is None else self.smooth * self.ema + (1 - self.smooth) * loss
+        if self.fired or self.start is None or self.ema <= self.factor * self.start:
+            return False
+        self.fired = True
+        return True
+
+    def message(self, step: int, lr: float) -> str:
+        return (f"training loss is diverging: smoothed {self.ema:.4g} at step {step} is over {self.factor:g}x "
+                f"its start {self.start:.4g}. Lower the learning rate (now {lr:.3g}), try --precision f32, "
+                f"then --resume (the new learning rate applies) or start again")
+
+
 def autocast(config: TrainConfig, device: torch.device):
     dtype = {"bf16-mixed": torch.bfloat16, "f16-mixed": torch.float16}.get(config.precision)
     if dtype is None:
@@ -226,6 +262,7 @@ def train(model, loss_fn, train_data, eval_data, config: TrainConfig, out_dir: s
     total_steps = config.epochs * steps_per_epoch
     bar = _progress(total_steps, position["step"], disable=rank != 0)
     step, summary = position["step"], {"eval_loss": None, "loss": None}
+    divergence = DivergenceCheck()
     model.train()
 
     def log(row):
@@ -295,6 +332,10 @@ def train(model, loss_fn, train_data, eval_data, config: TrainConfig, out_dir: s
             log(row)
             _callbacks(callbacks, "on_step", row)
             summary["loss"] = step_loss
+            if divergence.update(step_loss):
+                summary["diverged_at_step"] = step
+                if rank == 0:
+                    warnings.warn(divergence.message(step, lr), DivergenceWarning, stacklevel=2)
             bar.update(1)
             if step % config.loss_update_frequency == 0:
                 bar.set_postfix(loss=f"{step_loss:.4f}", refresh=False)
