@@ -23,6 +23,7 @@ import fmlab.common
 from fmlab.assets import load_model
 from fmlab.checkpoint import load_torch, read_adapter, save_adapter, to_apple
 from fmlab.checkpointing import read_manifest
+from fmlab.cli import main
 from fmlab.common import FmlabError, file_sha
 from fmlab.config import preset, to_tamm_json
 from fmlab.model import build_model
@@ -233,3 +234,15 @@ def test_disk_full_during_training_stops_with_the_last_good_state(tmp_path, refe
         assert file_sha(out / entry["path"]) == entry["sha256"]
     crash_worker.run(out, resume=True)
     assert_same_run(out, reference)
+
+
+def test_cli_reports_an_unwritable_checkpoint_dir_without_a_traceback(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps([{"role": "user", "content": f"Hi {i}"},
+                                          {"role": "assistant", "content": "Hello"}]) for i in range(4)))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code = main(["train-adapter", "--train-data", str(data), "--checkpoint-dir", str(blocker / "run"),
+                 "--epochs", "1", "--batch-size", "2", "--precision", "f32"])
+    err = capsys.readouterr().err
+    assert code == 1 and "fmlab train-adapter: error:" in err and str(blocker) in err and "Traceback" not in err

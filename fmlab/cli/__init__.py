@@ -1,7 +1,8 @@
 """`fmlab <command>`: the terminal interface, with the Apple toolkit's flag names where it has them.
 
 Each command is a `cmd_<name>(args)` function plus an `add_<name>(subparsers)` that declares its flags.
-User errors (FmlabError) print one clear line and exit 1; anything else is a bug and keeps its traceback.
+User errors (FmlabError) and the machine's (OSError: disk full, no permission, a path that is a file)
+print one clear line and exit 1; anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except FmlabError as err:
+    except (FmlabError, OSError) as err:
         print(f"fmlab {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""Everyday commands: info, demo, build-assets, estimate, validate-data."""
+"""Everyday commands: info, doctor, demo, build-assets, estimate, validate-data."""
 from __future__ import annotations
 
 import sys
@@ -17,6 +17,22 @@ def cmd_info(args):
 
     for key, value in environment_report(args.assets).items():
         print(f"{key:>16}: {value}")
+
+
+def add_doctor(sub):
+    p = sub.add_parser("doctor", help="check Python, packages, devices, disk space and the assets directory")
+    p.add_argument("--assets", help="assets directory (default: $FMLAB_ASSETS or the embedded fmlab-tiny)")
+    p.add_argument("--checkpoint-dir", default="out", help="where runs will write (for the disk check)")
+    p.add_argument("--keep-best", type=int, default=2, help="checkpoints a run keeps (for the disk check)")
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args):
+    from ..doctor import FAIL, run_checks, table
+
+    checks = run_checks(args.assets, args.checkpoint_dir, args.keep_best)
+    print(table(checks))
+    return 1 if any(c.status == FAIL for c in checks) else 0
 
 
 def add_demo(sub):
