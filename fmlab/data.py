@@ -20,7 +20,6 @@ line is always a file:line error, never a traceback.
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass, field
