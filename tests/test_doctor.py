@@ -144,3 +144,15 @@ def test_disk_plan_for_afm_3b_and_its_verdicts(tmp_path, monkeypatch):
         monkeypatch.setattr(shutil, "disk_usage", lambda path, free=free: Usage(0, 0, free))
         check = doctor.check_disk(tmp_path / "not" / "yet", tmp_path, keep_best=2)
         assert check.status == status and "GiB free" in check.detail
+
+
+def test_a_gpu_without_bf16_is_a_warning_with_a_fix(monkeypatch):
+    """The CUDA row without a GPU at hand: torch's answers faked."""
+    props = namedtuple("Props", "total_memory")(80 * 2**30)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Old GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: props)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    checks = rows(doctor.check_devices())
+    assert checks["cuda"].status == doctor.WARN and "Old GPU, 80 GiB, bf16 no" in checks["cuda"].detail
+    assert "--precision f16-mixed" in checks["cuda"].fix and checks["device in use"].detail == "cuda"
