@@ -5,6 +5,8 @@ Divergences (per token, over the vocabulary): reverse KL(q_draft || p_teacher), 
 (afm-facts.md §7); forward KL(p || q); and the generalised JSD(beta) of GKD (Agarwal et al. 2024).
 An optional on-policy fraction scores the student's own continuations with the teacher
 (GKD; DistillSpec, Zhou et al. 2023), which aligns the draft with what it will actually propose.
+`write_teacher_replies` makes sequence-level distillation data (Kim & Rush 2016): the training
+prompts answered by the teacher itself, the text a draft has to predict when it speculates.
 """
 from __future__ import annotations
 
@@ -100,3 +102,38 @@ def student_rollouts(student, batch, stop: set[int], seed: int = 0, temperature:
         rows.append((prompt + new, [IGNORE] * (len(prompt) - 1) + new + [IGNORE]))
     out = collate(rows, pad_id=0, eos_id=1)
     return {k: v.to(batch["input_ids"].device) for k, v in out.items()}
+
+
+def write_teacher_replies(teacher, tokenizer, train_data, out_path, max_new_tokens: int = 320,
+                          batch_size: int = 32, precision: str = "bf16-mixed") -> dict:
+    """Write `train_data` (chat JSONL) to `out_path` with each sample's final assistant reply replaced by
+    the teacher's greedy reply to the same prompt (an empty reply keeps the reference). Returns counts. At T=0 speculative decoding accepts a
+    drafted token only when it *is* the teacher's greedy choice, so these replies are the exact text the
+    draft must learn to predict; the reference replies only approximate it."""
+    import json
+
+    from tqdm.auto import tqdm
+
+    from .chat import encode_prompt
+    from .common import atomic_write
+    from .data import read_messages
+    from .generate import generate
+    from .sampling import Sampling
+
+    samples = [s for s in read_messages(train_data) if s.messages[-1]["role"] == "assistant"]
+    lines, stopped, empty = [], 0, 0
+    for b in tqdm(range(0, len(samples), batch_size), desc="teacher replies", unit="batch"):
+        chunk = samples[b:b + batch_size]
+        prompt_ids = [encode_prompt(tokenizer, s.messages[:-1], s.tools) for s in chunk]
+        replies = generate(teacher, tokenizer, prompt_ids, max_new_tokens, Sampling(temperature=0.0),
+                           batch_size=batch_size, precision=precision)
+        for sample, reply in zip(chunk, replies):
+            stopped += reply.finish_reason == "stop"
+            empty += not reply.text.strip()
+            record = sample.messages[:-1] + [{"role": "assistant", "content": reply.text}] if reply.text.strip() \
+                else sample.messages
+            lines.append(json.dumps({"messages": record, "tools": sample.tools} if sample.tools else record,
+                                    ensure_ascii=False))
+    with atomic_write(out_path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return {"samples": len(lines), "stopped": stopped, "empty": empty}

@@ -41,12 +41,15 @@ def load_teacher(assets=None, checkpoint=None, device="cpu"):
 def train_draft(train_data, checkpoint_dir, eval_data=None, checkpoint=None, config=None, data=None, assets=None,
                 divergence: str = "reverse_kl", temperature: float = 1.0, beta: float = 0.5, on_policy: float = 0.0,
                 target_precision: str = "bf16-mixed", compile_target: bool = False, score_prompts=None,
-                num_draft_tokens: int = 5, device=None, callbacks=(), resume: bool = False) -> dict:
-    """Distil the assets' draft against base + adapter; then score every saved draft by acceptance."""
+                num_draft_tokens: int = 5, device=None, callbacks=(), resume: bool = False,
+                teacher_replies: bool = False) -> dict:
+    """Distil the assets' draft against base + adapter; then score every saved draft by acceptance.
+    With `teacher_replies`, the draft learns on the teacher's own greedy replies to the training prompts
+    (written once to CHECKPOINT_DIR/teacher-replies.jsonl and reused on resume) instead of the references."""
     from .adapter import DataConfig, load_batches
     from .assets import load_draft, load_tokenizer
     from .common import resolve_device
-    from .distill import DistillLoss
+    from .distill import DistillLoss, write_teacher_replies
     from .generate import stop_ids
     from .train import TrainConfig, train
 
@@ -65,6 +68,14 @@ def train_draft(train_data, checkpoint_dir, eval_data=None, checkpoint=None, con
         teacher = torch.compile(teacher)
     loss = DistillLoss(teacher, divergence, temperature, beta, on_policy, target_precision, stop_ids(tokenizer),
                        config.seed)
+    if teacher_replies:
+        replies = Path(checkpoint_dir) / "teacher-replies.jsonl"
+        if not (resume and replies.exists()):
+            Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+            counts = write_teacher_replies(teacher, tokenizer, train_data, replies, precision=target_precision)
+            print(f"teacher replies: {counts['samples']} written to {replies} ({counts['stopped']} ended by "
+                  "the teacher, the rest at the length limit)")
+        train_data = replies
     batches = load_batches(tokenizer, train_data, data, config.batch_size, config.seed)
     evals = None
     if eval_data:

@@ -110,3 +110,55 @@ def test_distillation_raises_acceptance(tmp_path):
           tmp_path, save_weights=save_model)
     after = measure_speculation(teacher, student.eval(), prompts, set(), 4, 16)["acceptance_rate"]
     assert after > before + 0.3, (before, after)
+
+
+def _chat_file(path, replies):
+    import json
+
+    prompts = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi to the king."}],
+               [{"role": "user", "content": "Name a city."}]]
+    samples = [p + [{"role": "assistant", "content": r}] for p, r in zip(prompts, replies)]
+    path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    return samples
+
+
+def test_teacher_replies_replace_only_the_final_reply(tmp_path, tiny_tokenizer):
+    import dataclasses
+
+    from fmlab.chat import encode_chat
+    from fmlab.data import read_messages
+    from fmlab.distill import write_teacher_replies
+    from fmlab.generate import generate
+    from fmlab.packing import collate
+    from fmlab.sampling import Sampling
+    from fmlab.train import token_loss
+
+    # a teacher that learned other replies than the file's references
+    teacher = build_model(dataclasses.replace(preset("tiny"), vocab_size=640, lora=None), seed=0)
+    learned = _chat_file(tmp_path / "learned.jsonl", ["Hi, king.", "Paris."])
+    batch = collate([encode_chat(tiny_tokenizer, s) for s in learned], pad_id=0, eos_id=1)
+    train(teacher, token_loss, Fixed([batch] * 60), None, TrainConfig(epochs=1, learning_rate=1e-2, precision="f32"),
+          tmp_path / "teacher", save_weights=save_model)
+    samples = _chat_file(tmp_path / "train.jsonl", ["Hello there, your majesty.", "A city is Rome."])
+    counts = write_teacher_replies(teacher.eval(), tiny_tokenizer, tmp_path / "train.jsonl", tmp_path / "out.jsonl",
+                                   max_new_tokens=12, batch_size=2, precision="f32")
+    written = read_messages(tmp_path / "out.jsonl")
+    greedy = generate(teacher, tiny_tokenizer, [s[:-1] for s in samples], 12, Sampling(temperature=0))
+    assert counts == {"samples": 2, "stopped": 2, "empty": 0}
+    for sample, new, reply in zip(samples, written, greedy):
+        assert new.messages[:-1] == sample[:-1]                                   # prompts untouched
+        assert new.messages[-1] == {"role": "assistant", "content": reply.text}   # the teacher's greedy reply
+    assert [m.messages[-1]["content"] for m in written] == ["Hi, king.", "Paris."]
+
+
+def test_empty_teacher_replies_keep_the_reference(tmp_path, tiny_tokenizer):
+    import dataclasses
+
+    from fmlab.data import read_messages
+    from fmlab.distill import write_teacher_replies
+
+    teacher = build_model(dataclasses.replace(preset("tiny"), vocab_size=640), seed=0).eval()   # says only "\n"
+    samples = _chat_file(tmp_path / "train.jsonl", ["Hi, king.", "Paris."])
+    counts = write_teacher_replies(teacher, tiny_tokenizer, tmp_path / "train.jsonl", tmp_path / "out.jsonl",
+                                   max_new_tokens=4, batch_size=2, precision="f32")
+    assert counts["empty"] == 2 and [s.messages for s in read_messages(tmp_path / "out.jsonl")] == samples

@@ -104,6 +104,8 @@ def add_train_draft(sub):
     p.add_argument("--jsd-beta", type=float, default=0.5)
     p.add_argument("--on-policy", type=float, default=0.0, help="fraction of batches scored on the draft's "
                                                                   "own continuations (GKD)")
+    p.add_argument("--teacher-replies", action="store_true", help="distil on the teacher's own greedy replies "
+                   "to the training prompts (sequence-level KD) instead of the reference replies")
     p.add_argument("--score-prompts", help="chat JSONL of held-out prompts: score every saved draft by "
                                            "acceptance and speedup (default: --eval-data)")
     p.add_argument("--num-score-prompts", type=int, default=8)
@@ -127,7 +129,8 @@ def cmd_train_draft(args):
     summary = train_draft(args.train_data, args.checkpoint_dir, args.eval_data, args.checkpoint, config,
                           _data_config(args), args.assets, args.divergence, args.distill_temperature, args.jsd_beta,
                           args.on_policy, args.target_precision, args.compile_target_model, prompts,
-                          args.num_draft_tokens, args.device, callbacks=_plot_callbacks(args), resume=args.resume)
+                          args.num_draft_tokens, args.device, callbacks=_plot_callbacks(args), resume=args.resume,
+                          teacher_replies=args.teacher_replies)
     _print_summary(summary)
     for row in summary.get("scores", []):
         print(f"  {row['draft']:>24}: acceptance {row['acceptance_rate']:.3f}, speedup {row['speedup']:.2f}x")
