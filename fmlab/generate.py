@@ -1,6 +1,12 @@
 """Generation over the static KV cache (gpt-fast style): `prefill` the prompt, then `decode_one`
 token at a time. Batched prompts are left-padded; a row stops at eos or `<turn_end>`. Prompts are
 rendered by `chat.encode_prompt`, the same code that renders training samples.
+
+Batch-1 decoding of a small model is bound by per-op overhead, not arithmetic. With `compile_model`
+the decode step (`Transformer.step` on one token) is captured once by torch.compile: the cache gives
+it the same shapes at every token (see `kv_cache.py`), and cache lengths are rounded up to a multiple
+of `CACHE_BUCKET` so that prompts of different lengths share the compiled graph. The prefill stays
+eager (its length changes with every prompt).
 """
 from __future__ import annotations
 
@@ -53,6 +59,51 @@ def left_pad(prompts: list[list[int]], pad_id: int, eos_id: int):
     return ids, seg
 
 
+CACHE_BUCKET = 256
+_compiled_step = None
+
+
+def compiled_step():
+    """`Transformer.step` under torch.compile (one graph per model structure and token count)."""
+    global _compiled_step
+    if _compiled_step is None:
+        from .model import Transformer
+
+        _compiled_step = torch.compile(Transformer.step, fullgraph=True, dynamic=False)
+    return _compiled_step
+
+
+def unwrap_compiled(model, compile_model: bool):
+    """A model wrapped by `torch.compile(model)` (e.g. the CLI's --compile-model) decodes through the
+    compiled decode step instead: compiling the whole forward would recompile at every cache length."""
+    if hasattr(model, "_orig_mod"):
+        return model._orig_mod, True
+    return model, compile_model
+
+
+def new_cache(model, batch_size: int, length: int, precision: str, compiled: bool):
+    if compiled:     # shared graph across prompt lengths; the extra slots are masked out
+        length = -(-length // CACHE_BUCKET) * CACHE_BUCKET
+    return model.new_cache(batch_size, length, dtype=torch.bfloat16 if precision == "bf16-mixed" else None)
+
+
+def prefill(model, ids: torch.Tensor, seg: torch.Tensor | None, cache) -> torch.Tensor:
+    """Run the prompt (B, T) into an empty cache; the logits of its last position (B, V)."""
+    return model(ids, segment_ids=seg, cache=cache)[:, -1]
+
+
+def extend(model, ids: torch.Tensor, cache, compiled: bool = False) -> torch.Tensor:
+    """Append ids (B, T) to a filled cache (a decoded token, a speculative block); logits (B, T, V)."""
+    positions, mask, slots = cache.advance(None, ids.shape[1])
+    step = compiled_step() if compiled else type(model).step
+    return step(model, ids, positions, mask, cache, slots)
+
+
+def decode_one(model, token: torch.Tensor, cache, compiled: bool = False) -> torch.Tensor:
+    """Next-token logits (B, V) after `token` (B,)."""
+    return extend(model, token[:, None], cache, compiled)[:, -1]
+
+
 def check_context(model, prompt_len: int, max_new_tokens: int):
     limit = model.config.context_length
     if prompt_len + max_new_tokens > limit:
@@ -64,21 +115,22 @@ def check_context(model, prompt_len: int, max_new_tokens: int):
 @torch.inference_mode()
 def generate_ids(model, prompts: list[list[int]], stop: set[int], max_new_tokens: int = 50,
                  sampling: Sampling | None = None, pad_id: int = 0, eos_id: int = 1,
-                 precision: str = "f32", on_token: Callable[[int, int], None] | None = None):
+                 precision: str = "f32", on_token: Callable[[int, int], None] | None = None,
+                 compile_model: bool = False):
     """Token-level generation for a batch of prompt ids. Returns (new ids per row, finish reasons, ttft)."""
     sampling = sampling or Sampling()
+    model, compiled = unwrap_compiled(model, compile_model)
     device = model.embedding.weight.device
     ids, seg = left_pad(prompts, pad_id, eos_id)
     check_context(model, ids.shape[1], max_new_tokens)
     gen = torch.Generator(device=device).manual_seed(sampling.seed)
-    cache = model.new_cache(len(prompts), ids.shape[1] + max_new_tokens,
-                            dtype=torch.bfloat16 if precision == "bf16-mixed" else None)
+    cache = new_cache(model, len(prompts), ids.shape[1] + max_new_tokens, precision, compiled)
     out = [[] for _ in prompts]
     done = [False] * len(prompts)
     start = time.perf_counter()
     ttft = None
     with precision_context(precision, device):
-        logits = model(ids.to(device), segment_ids=seg.to(device), cache=cache)[:, -1]     # prefill
+        logits = prefill(model, ids.to(device), seg.to(device), cache)
         for _ in range(max_new_tokens):
             nxt = sample(logits, sampling, gen)
             ttft = ttft if ttft is not None else time.perf_counter() - start
@@ -90,7 +142,7 @@ def generate_ids(model, prompts: list[list[int]], stop: set[int], max_new_tokens
                         on_token(i, t)
             if all(done):
                 break
-            logits = model(nxt[:, None], cache=cache)[:, -1]                           # decode_one
+            logits = decode_one(model, nxt, cache, compiled)
     reasons = ["stop" if row and row[-1] in stop else "length" for row in out]
     return out, reasons, ttft or 0.0
 
@@ -109,9 +161,10 @@ def encode_prompts(tokenizer, prompts) -> list[list[int]]:
 
 def generate(model, tokenizer, prompts, max_new_tokens: int = 50, sampling: Sampling | None = None,
              batch_size: int = 1, precision: str = "f32",
-             stream: Callable[[int, str], None] | None = None) -> list[Generation]:
+             stream: Callable[[int, str], None] | None = None, compile_model: bool = False) -> list[Generation]:
     """Generate a reply for each prompt (message list or plain user text), `batch_size` at a time.
-    `stream(i, text)` is called with each new piece of text of prompt i."""
+    `stream(i, text)` is called with each new piece of text of prompt i. `compile_model` compiles
+    the decode step (pays off over a few hundred tokens; the first call compiles for tens of seconds)."""
     encoded = encode_prompts(tokenizer, prompts)
     stop = stop_ids(tokenizer)
     results = []
@@ -127,7 +180,8 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 50, sampling: Samp
 
         start = time.perf_counter()
         out, reasons, ttft = generate_ids(model, chunk, stop, max_new_tokens, sampling, tokenizer.pad_id,
-                                          tokenizer.eos_id, precision, on_token if stream else None)
+                                          tokenizer.eos_id, precision, on_token if stream else None,
+                                          compile_model)
         latency = time.perf_counter() - start
         for ids, prompt, reason in zip(out, chunk, reasons):
             text_ids = [t for t in ids if t not in stop]

@@ -16,12 +16,26 @@ from torch import nn
 from .config import LoRAConfig
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """F.linear, except for a single row under torch.compile on CPU (batch-1 decoding): there a
+    multiply-and-sum, which inductor turns into one reduction that streams the weight at memory speed.
+    The BLAS matrix-vector call it would otherwise make reads weights several times slower, and
+    decoding a small model is bound by weight reads. Same products, summed in fp32 (as BLAS does)."""
+    if (torch.compiler.is_compiling() and x.device.type == "cpu" and x.shape[:-1].numel() == 1
+            and not torch.is_autocast_enabled("cpu")):
+        return (x.unsqueeze(-2) * weight).sum(-1)          # (..., 1, in) * (out, in) → (..., out)
+    return F.linear(x, weight)
+
+
 class Linear(nn.Linear):
     """A bias-free linear layer whose output is the concatenation of named `parts` (e.g. q, k, v)."""
 
     def __init__(self, in_features: int, parts: dict[str, int], device=None, dtype=None):
         super().__init__(in_features, sum(parts.values()), bias=False, device=device, dtype=dtype)
         self.parts = dict(parts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight)
 
 
 class LoRALinear(nn.Module):
@@ -64,7 +78,7 @@ class LoRALinear(nn.Module):
         return a, (blocks[0] if len(blocks) == 1 else torch.block_diag(*blocks))
 
     def _ab(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():     # compiled: fused into the graph
             return self._build_ab()
         # inference: reuse the fused A/B until a LoRA tensor changes (decode is overhead-bound)
         key = tuple((t.data_ptr(), t._version) for t in (*self.lora_a.values(), *self.lora_b.values()))
@@ -73,11 +87,11 @@ class LoRALinear(nn.Module):
         return self._ab_cache[1], self._ab_cache[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight)
+        out = linear(x, self.weight)
         if self.merged or not self.adapted:
             return out
         a, b = self._ab()
-        return out + self.scale * ((self.dropout(x) @ a) @ b)
+        return out + self.scale * linear(linear(self.dropout(x), a.t()), b.t())      # (x @ a) @ b
 
     def _rows(self):
         start = 0

@@ -18,7 +18,9 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 from .kv_cache import KVCache, layout_from_segments
-from .lora import Linear, apply_lora
+from .lora import Linear, apply_lora, linear
+
+SHORT_QUERY = 16      # at most this many new tokens per call count as decoding (see `attend`)
 
 
 class RMSNorm(nn.Module):
@@ -41,10 +43,28 @@ def rope_tables(positions: torch.Tensor, head_dim: int, theta: float):
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Interleaved rotation: dims (2i, 2i+1) form the pair rotated by angle i. x: (B, H, T, hd)."""
+    """Interleaved rotation: dims (2i, 2i+1) form the pair rotated by angle i. x: (B, H, T, hd).
+    The reference form; the model uses `rotate`, which computes the same numbers in fewer ops."""
     x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)        # (B, H, T, hd/2) each
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     return out.flatten(-2).to(x.dtype)
+
+
+def rotation_tables(positions: torch.Tensor, head_dim: int, theta: float):
+    """`rope_tables` spread over all head_dim lanes for `rotate`: cos (c0, c0, c1, c1, ...) and signed
+    sin (-s0, s0, -s1, s1, ...), shaped (B, T, 1, hd) to broadcast over the heads of (B, T, heads, hd)."""
+    cos, sin = rope_tables(positions, head_dim, theta)          # (B, 1, T, hd/2)
+    cos = cos.repeat_interleave(2, -1)
+    sin = torch.stack((-sin, sin), dim=-1).flatten(-2)
+    return cos.transpose(1, 2), sin.transpose(1, 2)              # (B, T, 1, hd)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Interleaved RoPE on x (B, T, heads, hd) in fp32: x * cos + swap_pairs(x) * sin gives
+    (x0 c - x1 s, x1 c + x0 s) per pair, the same products and sums as `apply_rope`."""
+    xf = x.float()
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)    # (x1, x0) per pair
+    return (xf * cos + swapped * sin).to(x.dtype)
 
 
 def fake_quant_int8(x: torch.Tensor, value_range: torch.Tensor) -> torch.Tensor:
@@ -55,17 +75,27 @@ def fake_quant_int8(x: torch.Tensor, value_range: torch.Tensor) -> torch.Tensor:
 
 
 def attend(q, k, v, mask):
-    """SDPA with GQA. `mask` None means causal when q and k have equal length, else no mask."""
-    causal = mask is None and q.shape[2] > 1
+    """SDPA with GQA. `mask` None means causal when q and k have equal length, else no mask.
+
+    Under torch.compile, a few queries against the static cache (decode, speculative blocks) take the
+    plain softmax(q k^T / sqrt(hd)) v, which inductor fuses with its neighbours; the SDPA kernel would
+    stay an opaque call per layer (and its bf16 path is slow for one query on CPU)."""
+    B, H, T, hd = q.shape
+    if torch.compiler.is_compiling() and mask is not None and T <= SHORT_QUERY:
+        KV, S = k.shape[1], k.shape[2]
+        s = (q.reshape(B, KV, H // KV * T, hd) @ k.transpose(-1, -2)).view(B, KV, H // KV, T, S)
+        p = (s.float() * hd ** -0.5).masked_fill(~mask.unsqueeze(-3), float("-inf")).softmax(-1)
+        return (p.to(q.dtype).view(B, KV, H // KV * T, S) @ v).view(B, H, T, hd)   # heads grouped by KV head
+    causal = mask is None and T > 1
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                           enable_gqa=q.shape[1] != k.shape[1])
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, reuse_kv: bool):
+    def __init__(self, cfg: ModelConfig, reuse_kv: bool, index: int = 0):
         super().__init__()
         self.n_heads, self.n_kv, self.hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self.reuse_kv = reuse_kv
+        self.reuse_kv, self.index, self.eps = reuse_kv, index, cfg.norm_eps
         q_dim, kv_dim = self.n_heads * self.hd, self.n_kv * self.hd
         if reuse_kv:
             self.q = Linear(cfg.hidden_dim, {"q": q_dim})
@@ -75,6 +105,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.hd, cfg.norm_eps)
         self.out = Linear(q_dim, {"o": cfg.hidden_dim})
         self.kv_quant = cfg.kv_quant and not reuse_kv
+        self._kv_quant_key, self._kv_quant_on = None, False
         if self.kv_quant:
             # frozen observer state as in Apple's checkpoints; all zeros = not calibrated = identity
             for name in ("k", "v"):
@@ -82,25 +113,47 @@ class Attention(nn.Module):
                 self.register_buffer(f"{name}_samples", torch.zeros((), dtype=torch.int64))
 
     def kv_quant_active(self) -> bool:
-        return self.kv_quant and bool(self.k_range.any() or self.v_range.any())
+        """Calibrated (non-zero) ranges switch the quantiser on. The answer is kept until a range tensor
+        is replaced or written in place (its version counter moves), so decoding pays no host sync."""
+        if not self.kv_quant:
+            return False
+        r = (self.k_range, self.v_range)
+        key = None if any(t.is_inference() for t in r) else tuple((t.data_ptr(), t._version) for t in r)
+        if key is None or key != self._kv_quant_key:
+            self._kv_quant_key, self._kv_quant_on = key, bool(self.k_range.any() or self.v_range.any())
+        return self._kv_quant_on
 
-    def forward(self, x, cos, sin, mask, kv=None, cache: KVCache | None = None, index: int = 0):
+    def quantise_kv(self, k, v):
+        if torch.compiler.is_compiling():
+            # branch-free under torch.compile: no host sync and no graph break (ranges are buffers)
+            on = self.k_range.any() | self.v_range.any()
+            return (torch.where(on, fake_quant_int8(k, self.k_range), k),
+                    torch.where(on, fake_quant_int8(v, self.v_range), v))
+        if self.kv_quant_active():
+            return fake_quant_int8(k, self.k_range), fake_quant_int8(v, self.v_range)
+        return k, v
+
+    def qk_norm(self, qk: torch.Tensor) -> torch.Tensor:
+        """q_norm on the first n_heads heads and k_norm on the rest of qk (B, T, H + KV, hd), in one
+        pass: the same per-head RMSNorm with the two weights side by side."""
+        w = torch.cat([self.q_norm.weight.expand(self.n_heads, -1), self.k_norm.weight.expand(self.n_kv, -1)])
+        return (F.rms_norm(qk.float(), (self.hd,), eps=self.eps) * w).to(qk.dtype)
+
+    def forward(self, x, rope, mask, kv=None, cache: KVCache | None = None, slots=None):
         B, T, _ = x.shape
+        H, KV, hd = self.n_heads, self.n_kv, self.hd
         if self.reuse_kv:
-            q = self.q(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)      # (B, H, T, hd)
-            q = self.q_norm(apply_rope(q, cos, sin))
+            q = self.q_norm(rotate(self.q(x).view(B, T, H, hd), *rope)).transpose(1, 2)   # (B, H, T, hd)
             k, v = kv
         else:
-            q, k, v = self.qkv(x).split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
-            q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)              # (B, H, T, hd)
-            k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)                 # (B, KV, T, hd)
-            v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
-            q = self.q_norm(apply_rope(q, cos, sin))    # RoPE before QK-norm, as in AFM
-            k = self.k_norm(apply_rope(k, cos, sin))
-            if self.kv_quant and self.kv_quant_active():
-                k, v = fake_quant_int8(k, self.k_range), fake_quant_int8(v, self.v_range)
+            qk, v = self.qkv(x).split([(H + KV) * hd, KV * hd], -1)
+            qk = self.qk_norm(rotate(qk.view(B, T, H + KV, hd), *rope))   # RoPE before QK-norm, as in AFM
+            q, k = qk.transpose(1, 2).split([H, KV], 1)                 # (B, H, T, hd), (B, KV, T, hd)
+            v = v.view(B, T, KV, hd).transpose(1, 2)                     # (B, KV, T, hd)
+            if self.kv_quant:
+                k, v = self.quantise_kv(k, v)
             if cache is not None:
-                k, v = cache.store(index, k, v)
+                k, v = cache.store(self.index, slots, k, v)
         y = attend(q, k.to(q.dtype), v.to(q.dtype), mask)
         return self.out(y.transpose(1, 2).reshape(B, T, -1)), (k, v)
 
@@ -117,15 +170,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, reuse_kv: bool):
+    def __init__(self, cfg: ModelConfig, reuse_kv: bool, index: int = 0):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.hidden_dim, cfg.norm_eps)
-        self.attn = Attention(cfg, reuse_kv)
+        self.attn = Attention(cfg, reuse_kv, index)
         self.mlp_norm = RMSNorm(cfg.hidden_dim, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, kv=None, cache=None, index=0):
-        h, kv = self.attn(self.attn_norm(x), cos, sin, mask, kv, cache, index)
+    def forward(self, x, rope, mask, kv=None, cache=None, slots=None):
+        h, kv = self.attn(self.attn_norm(x), rope, mask, kv, cache, slots)
         x = x + h
         return x + self.mlp(self.mlp_norm(x)), kv
 
@@ -136,7 +189,7 @@ class Transformer(nn.Module):
         self.config = cfg
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_dim, padding_idx=0)
         n0 = cfg.num_regular_layers
-        self.layers = nn.ModuleList(Block(cfg, reuse_kv=i >= n0) for i in range(cfg.num_layers))
+        self.layers = nn.ModuleList(Block(cfg, reuse_kv=i >= n0, index=i) for i in range(cfg.num_layers))
         self.output_norm = RMSNorm(cfg.hidden_dim, cfg.norm_eps)
         self.checkpoint_every = 0      # activation checkpointing on every n-th block; 0 = off
         if self.embedding.weight.device.type != "meta":
@@ -161,25 +214,31 @@ class Transformer(nn.Module):
         appended to the cache (prefill, decode, or a speculative block).
         """
         B, T = input_ids.shape
-        if cache is not None:
-            positions, mask = cache.advance(segment_ids, T)
-        else:
+        if cache is None:
             positions, mask = layout_from_segments(segment_ids, B, T, input_ids.device)
-        cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
+            return self.step(input_ids, positions, mask, return_hidden=return_hidden)
+        positions, mask, slots = cache.advance(segment_ids, T)
+        return self.step(input_ids, positions, mask, cache, slots, return_hidden)
+
+    def step(self, input_ids, positions, mask, cache: KVCache | None = None, slots=None,
+             return_hidden: bool = False) -> torch.Tensor:
+        """The forward pass over a given layout (what `forward` computes from segment ids or the cache).
+        Everything here is tensor work, so generation can `torch.compile` it for the decode step."""
+        rope = rotation_tables(positions, self.config.head_dim, self.config.rope_theta)
         # the residual stream keeps the norms' dtype (fp32 unless the whole model is bf16), even when
         # the frozen embedding is stored in bf16
         x = self.embedding(input_ids).to(self.output_norm.weight.dtype)             # (B, T, C)
         kv = None
         for i, block in enumerate(self.layers):
             if self.checkpoint_every and self.training and cache is None and i % self.checkpoint_every == 0:
-                x, kv = checkpoint(block, x, cos, sin, mask, kv, use_reentrant=False)
+                x, kv = checkpoint(block, x, rope, mask, kv, use_reentrant=False)
             else:
-                x, kv = block(x, cos, sin, mask, kv, cache, i)
+                x, kv = block(x, rope, mask, kv, cache, slots)
         h = self.output_norm(x)
         return h if return_hidden else self.logits(h)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.embedding.weight)    # tied output layer
+        return linear(hidden, self.embedding.weight)    # tied output layer
 
     def new_cache(self, batch_size: int, max_len: int, dtype=None) -> KVCache:
         w = self.embedding.weight

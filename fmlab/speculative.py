@@ -13,23 +13,35 @@ import time
 
 import torch
 
-from .generate import check_context, precision_context
-from .sampling import Sampling, probabilities, sample
+from .generate import check_context, decode_one, extend, new_cache, precision_context, unwrap_compiled
+from .sampling import Sampling, probabilities
 
 
 @torch.inference_mode()
 def speculative_generate(target, draft, prompt: list[int], stop: set[int], max_new_tokens: int = 50,
                          num_draft_tokens: int = 5, sampling: Sampling | None = None,
-                         precision: str = "f32") -> tuple[list[int], dict]:
-    """Generate for one prompt; returns (new token ids, acceptance statistics)."""
+                         precision: str = "f32", compile_model: bool = False) -> tuple[list[int], dict]:
+    """Generate for one prompt; returns (new token ids, acceptance statistics). `compile_model` compiles
+    both models' decode steps (as `generate` does): the draft's one-token step and the target's
+    (k + 1)-token check.
+
+    A round costs k draft steps plus one target forward, so the draft's cost per token against the
+    target's decides the speedup: the loop keeps tokens on the device between draft steps and reads
+    them back once per round (at T=0, no distribution is ever materialised)."""
     s = sampling or Sampling()
     k = max(1, num_draft_tokens)
+    target, compiled = unwrap_compiled(target, compile_model)
+    draft, _ = unwrap_compiled(draft, compiled)
     device = target.embedding.weight.device
     check_context(target, len(prompt), max_new_tokens)
     gen = torch.Generator(device=device).manual_seed(s.seed)
     size = len(prompt) + max_new_tokens + k + 1
-    dtype = torch.bfloat16 if precision == "bf16-mixed" else None
-    t_cache, d_cache = target.new_cache(1, size, dtype), draft.new_cache(1, size, dtype)
+    t_cache = new_cache(target, 1, size, precision, compiled)
+    d_cache = new_cache(draft, 1, size, precision, compiled)
+
+    def run(model, ids, cache):      # logits (1, T, V) for ids (1, T) appended to the cache
+        return model(ids, cache=cache) if cache.end == 0 else extend(model, ids, cache, compiled)
+
     out: list[int] = []
     # tokens each model has not yet seen; the last one is the "pending" token whose successor comes next
     d_todo = t_todo = torch.tensor([prompt], device=device)
@@ -39,35 +51,41 @@ def speculative_generate(target, draft, prompt: list[int], stop: set[int], max_n
     with precision_context(precision, device):
         while len(out) < max_new_tokens:
             # 1. draft proposes k tokens, one forward each (the first also catches up on unseen tokens)
-            drafted, q = [], []
-            d_logits = draft(d_todo, cache=d_cache)[:, -1]
+            d_logits = run(draft, d_todo, d_cache)[:, -1]
+            tokens, q = [], []
             for i in range(k):
-                q.append(probabilities(d_logits, s)[0])
-                drafted.append(int(sample(d_logits, s, gen)[0]) if not s.greedy else int(q[-1].argmax()))
-                if i < k - 1:
-                    d_logits = draft(torch.tensor([[drafted[-1]]], device=device), cache=d_cache)[:, -1]
-            # 2. target scores pending + drafts in one forward: k + 1 distributions
-            block = torch.cat([t_todo, torch.tensor([drafted], device=device)], dim=1)
-            t_len_before = t_cache.end
-            p = probabilities(target(block, cache=t_cache)[0, -(k + 1):], s)
-            # 3. accept a prefix of the drafts, then one corrected or bonus token
-            n = 0
-            while n < k:
-                x = drafted[n]
                 if s.greedy:
-                    ok = bool(p[n].argmax() == x)
+                    tokens.append(d_logits.argmax(-1))                                      # (1,)
                 else:
-                    ok = bool(torch.rand((), generator=gen, device=device) * q[n][x] <= p[n][x])
-                if not ok:
-                    break
-                n += 1
-            if n < k:
-                residual = (p[n] - q[n]).clamp_min(0) if not s.greedy else p[n]
-                if residual.sum() <= 0:     # p == q exactly: any token of p is a valid replacement
-                    residual = p[n]
-                nxt = int(residual.argmax()) if s.greedy else int(torch.multinomial(residual / residual.sum(), 1, generator=gen))
+                    q.append(probabilities(d_logits, s)[0])
+                    tokens.append(torch.multinomial(q[-1], 1, generator=gen))
+                if i < k - 1:
+                    d_logits = decode_one(draft, tokens[-1], d_cache, compiled)
+            block = torch.cat([t_todo, torch.cat(tokens)[None]], dim=1)
+            drafted = block[0, -k:].tolist()                          # the round's one read-back
+            # 2. target scores pending + drafts in one forward: k + 1 distributions
+            t_len_before = t_cache.end
+            t_logits = run(target, block, t_cache)[0, -(k + 1):]
+            # 3. accept a prefix of the drafts, then one corrected or bonus token
+            if s.greedy:
+                best = t_logits.argmax(-1).tolist()
+                n = 0
+                while n < k and best[n] == drafted[n]:
+                    n += 1
+                nxt = best[n]
             else:
-                nxt = int(p[k].argmax()) if s.greedy else int(torch.multinomial(p[k], 1, generator=gen))
+                p = probabilities(t_logits, s)
+                n = 0
+                while n < k and bool(torch.rand((), generator=gen, device=device) * q[n][drafted[n]]
+                                     <= p[n][drafted[n]]):
+                    n += 1
+                if n < k:
+                    residual = (p[n] - q[n]).clamp_min(0)
+                    if residual.sum() <= 0:     # p == q exactly: any token of p is a valid replacement
+                        residual = p[n]
+                    nxt = int(torch.multinomial(residual / residual.sum(), 1, generator=gen))
+                else:
+                    nxt = int(torch.multinomial(p[k], 1, generator=gen))
             proposed, accepted, rounds = proposed + k, accepted + n, rounds + 1
             new = drafted[:n] + [nxt]
             ttft = ttft if ttft is not None else time.perf_counter() - start
