@@ -96,7 +96,7 @@ def extend(model, ids: torch.Tensor, cache, compiled: bool = False) -> torch.Ten
     """Append ids (B, T) to a filled cache (a decoded token, a speculative block); logits (B, T, V)."""
     positions, mask, slots = cache.advance(None, ids.shape[1])
     step = compiled_step() if compiled else type(model).step
-    return step(model, ids, positions, mask, cache, slots)
+    return step(model, ids, model.rope(positions, cache.max_len), mask, cache, slots)
 
 
 def decode_one(model, token: torch.Tensor, cache, compiled: bool = False) -> torch.Tensor:

@@ -75,7 +75,9 @@ class LoRALinear(nn.Module):
             else self.lora_a[self.adapted[0]]
         blocks = [self.lora_b[part] if part in self.lora_b else self.lora_b[self.adapted[0]].new_zeros(0, size)
                   for part, size in self.parts.items()]
-        return a, (blocks[0] if len(blocks) == 1 else torch.block_diag(*blocks))
+        b = blocks[0] if len(blocks) == 1 else torch.block_diag(*blocks)
+        # the scale goes into the small B rather than onto the (tokens, out) result: one pass fewer
+        return a, b * self.scale
 
     def _ab(self) -> tuple[torch.Tensor, torch.Tensor]:
         if torch.is_grad_enabled() or torch.compiler.is_compiling():     # compiled: fused into the graph
@@ -90,8 +92,8 @@ class LoRALinear(nn.Module):
         out = linear(x, self.weight)
         if self.merged or not self.adapted:
             return out
-        a, b = self._ab()
-        return out + self.scale * linear(linear(self.dropout(x), a.t()), b.t())      # (x @ a) @ b
+        a, b = self._ab()                                       # b carries the scale
+        return out + linear(linear(self.dropout(x), a.t()), b.t())              # x @ a @ b
 
     def _rows(self):
         start = 0

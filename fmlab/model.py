@@ -196,6 +196,31 @@ class Transformer(nn.Module):
             self.apply(self._init_weights)
         if cfg.lora is not None:
             apply_lora(self, cfg.lora)
+        self._build_rope()
+
+    def _build_rope(self):
+        """fp32 RoPE tables (cos, sin) for every position of the context, on the weights' device: a
+        lookup costs less than the trigonometry, and under torch.compile a table computed inside the
+        graph is recomputed, unvectorised, in every kernel that reads it (forward and backward)."""
+        device = self.embedding.weight.device
+        self._rope = None
+        if device.type != "meta":
+            with torch.inference_mode(False), torch.no_grad():
+                positions = torch.arange(self.config.context_length, device=device)[None]
+                cos, sin = rotation_tables(positions, self.config.head_dim, self.config.rope_theta)
+                self._rope = cos[0, :, 0], sin[0, :, 0]                                  # (ctx, hd)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)      # .to(device / dtype): rebuild the tables there, still fp32
+        self._build_rope()
+        return self
+
+    def rope(self, positions: torch.Tensor, limit: int):
+        """`rotation_tables(positions)`, looked up; `limit` bounds the positions (T, or the cache length)."""
+        table = self._rope
+        if table is None or limit > table[0].shape[0] or table[0].device != positions.device:
+            return rotation_tables(positions, self.config.head_dim, self.config.rope_theta)
+        return table[0][positions].unsqueeze(2), table[1][positions].unsqueeze(2)      # (B, T, 1, hd)
 
     def _init_weights(self, module):
         # GPT-2 style: N(0, 0.02), residual output projections scaled down by depth
@@ -216,15 +241,15 @@ class Transformer(nn.Module):
         B, T = input_ids.shape
         if cache is None:
             positions, mask = layout_from_segments(segment_ids, B, T, input_ids.device)
-            return self.step(input_ids, positions, mask, return_hidden=return_hidden)
+            return self.step(input_ids, self.rope(positions, T), mask, return_hidden=return_hidden)
         positions, mask, slots = cache.advance(segment_ids, T)
-        return self.step(input_ids, positions, mask, cache, slots, return_hidden)
+        return self.step(input_ids, self.rope(positions, cache.max_len), mask, cache, slots, return_hidden)
 
-    def step(self, input_ids, positions, mask, cache: KVCache | None = None, slots=None,
+    def step(self, input_ids, rope, mask, cache: KVCache | None = None, slots=None,
              return_hidden: bool = False) -> torch.Tensor:
-        """The forward pass over a given layout (what `forward` computes from segment ids or the cache).
-        Everything here is tensor work, so generation can `torch.compile` it for the decode step."""
-        rope = rotation_tables(positions, self.config.head_dim, self.config.rope_theta)
+        """The forward pass over a given layout (what `forward` computes from segment ids or the cache):
+        `rope` from `self.rope`, `mask` and `slots` from the cache. Everything here is tensor work, so
+        generation can `torch.compile` it for the decode step."""
         # the residual stream keeps the norms' dtype (fp32 unless the whole model is bf16), even when
         # the frozen embedding is stored in bf16
         x = self.embedding(input_ids).to(self.output_norm.weight.dtype)             # (B, T, C)

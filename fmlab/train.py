@@ -66,12 +66,14 @@ class TrainConfig:
 
 def token_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy over target tokens. Labels are pre-shifted (Apple's layout), so position t
-    predicts label t; only target positions go through the LM head."""
+    predicts label t; only target positions go through the LM head, in chunks that never keep the
+    (targets, vocab) logits (`linear_ce`)."""
+    from .linear_ce import linear_cross_entropy
+
     hidden = model(batch["input_ids"], segment_ids=batch.get("segment_ids"), return_hidden=True)
     labels = batch["label_ids"]
     keep = (labels != IGNORE) & (labels != 0)          # pad labels are ignored too, as Apple does
-    logits = unwrap(model).logits(hidden[keep]).float()
-    return F.cross_entropy(logits, labels[keep], reduction="sum"), keep.sum()
+    return linear_cross_entropy(hidden[keep], unwrap(model).embedding.weight, labels[keep]), keep.sum()
 
 
 def lr_lambda(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:

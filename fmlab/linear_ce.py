@@ -1,0 +1,67 @@
+"""Cross-entropy of a linear head, computed in row chunks without keeping the logits.
+
+`F.cross_entropy(F.linear(h, W), y)` keeps the (rows, vocab) fp32 logits for the backward and runs a
+separate log-softmax backward over them. Here each chunk's logits are used at once: the forward takes
+the loss *and* the gradient with respect to h (and W, when it trains) while the softmax is at hand, so
+only a (rows, hidden) gradient is kept. Same products and roundings as the autocast reference: the
+matmuls run in the autocast dtype, the softmax in fp32, its gradient is cast back before the matmul.
+"""
+from __future__ import annotations
+
+import torch
+
+CHUNK_ELEMENTS = 1 << 21       # logits per chunk (8 MiB in fp32): stays in cache, keeps the matmuls large
+
+
+def _compute_dtype(h: torch.Tensor) -> torch.dtype:
+    device = h.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+
+
+def _loss_and_grads(hidden, weight, labels, want_h: bool, want_w: bool):
+    """(summed loss, d loss / d hidden or None, d loss / d weight or None), chunk by chunk."""
+    dtype = _compute_dtype(hidden)
+    with torch.autocast(hidden.device.type, enabled=False):
+        h, w = hidden.to(dtype), weight.to(dtype)
+        grad_h = torch.empty_like(h) if want_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=w.device) if want_w else None
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        rows = max(16, CHUNK_ELEMENTS // w.shape[0])
+        for i in range(0, h.shape[0], rows):
+            x, y = h[i:i + rows], labels[i:i + rows]
+            logits = (x @ w.t()).float()                                       # (n, V)
+            lse = logits.logsumexp(-1)
+            loss += (lse - logits.gather(1, y[:, None])[:, 0]).sum()
+            if not (want_h or want_w):
+                continue
+            g = logits.sub_(lse[:, None]).exp_()                               # softmax - one-hot
+            g[torch.arange(len(y), device=y.device), y] -= 1
+            g = g.to(dtype)
+            if want_h:
+                torch.mm(g, w, out=grad_h[i:i + rows])
+            if want_w:
+                grad_w += (g.t() @ x).float()
+    return loss, grad_h, grad_w
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, labels):
+        loss, grad_h, grad_w = _loss_and_grads(hidden, weight, labels, *ctx.needs_input_grad[:2])
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = hidden.dtype, weight.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        h_dtype, w_dtype = ctx.dtypes
+        return (None if grad_h is None else (grad_h * grad_loss).to(h_dtype),
+                None if grad_w is None else (grad_w * grad_loss).to(w_dtype), None)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """sum_i CE(hidden[i] @ weight.T, labels[i]) for hidden (N, C), weight (V, C), labels (N,)."""
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(hidden, weight, labels)
+    return _loss_and_grads(hidden, weight, labels, False, False)[0]      # evaluation: no gradients
