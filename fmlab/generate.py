@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from .common import FmlabError
+from .lora import frozen_adapters
 from .sampling import Sampling, sample
 
 
@@ -129,7 +130,7 @@ def generate_ids(model, prompts: list[list[int]], stop: set[int], max_new_tokens
     done = [False] * len(prompts)
     start = time.perf_counter()
     ttft = None
-    with precision_context(precision, device):
+    with precision_context(precision, device), frozen_adapters(model):
         logits = prefill(model, ids.to(device), seg.to(device), cache)
         for _ in range(max_new_tokens):
             nxt = sample(logits, sampling, gen)

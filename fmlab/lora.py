@@ -7,6 +7,7 @@ The parts are computed together: one matmul with the concatenated A's and one wi
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -16,15 +17,29 @@ from torch import nn
 from .config import LoRAConfig
 
 
+SHORT_ROWS = 16     # at most this many rows (tokens) per call count as decoding
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """F.linear, except for a single row under torch.compile on CPU (batch-1 decoding): there a
-    multiply-and-sum, which inductor turns into one reduction that streams the weight at memory speed.
-    The BLAS matrix-vector call it would otherwise make reads weights several times slower, and
-    decoding a small model is bound by weight reads. Same products, summed in fp32 (as BLAS does)."""
-    if (torch.compiler.is_compiling() and x.device.type == "cpu" and x.shape[:-1].numel() == 1
-            and not torch.is_autocast_enabled("cpu")):
+    """F.linear, except for a few rows under torch.compile on CPU (decoding, speculative blocks): there
+    a multiply-and-sum, which inductor turns into one reduction that streams each weight row once, at
+    memory speed, for all rows of x. The BLAS calls it would otherwise make read the weights several
+    times slower, and decoding a small model is bound by weight reads. Same products, summed in fp32."""
+    if _decoding(x):
         return (x.unsqueeze(-2) * weight).sum(-1)          # (..., 1, in) * (out, in) → (..., out)
     return F.linear(x, weight)
+
+
+def matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w for w (in, out), decoding as in `linear`: summed over `in`, vectorised along `out`."""
+    if _decoding(x):
+        return (x.unsqueeze(-1) * w).sum(-2)               # (..., in, 1) * (in, out) → (..., out)
+    return x @ w
+
+
+def _decoding(x: torch.Tensor) -> bool:
+    return (torch.compiler.is_compiling() and x.device.type == "cpu" and x.shape[:-1].numel() <= SHORT_ROWS
+            and not torch.is_autocast_enabled("cpu"))
 
 
 class Linear(nn.Linear):
@@ -80,7 +95,11 @@ class LoRALinear(nn.Module):
         return a, b * self.scale
 
     def _ab(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():     # compiled: fused into the graph
+        if torch.compiler.is_compiling():
+            # compiled decoding reads the A/B that `frozen_adapters` refreshed; anything else builds them
+            # in the graph (dynamo guards on the flag, so the two never share a compiled graph)
+            return self._ab_cache[1:] if _FROZEN_ADAPTERS else self._build_ab()
+        if torch.is_grad_enabled():
             return self._build_ab()
         # inference: reuse the fused A/B until a LoRA tensor changes (decode is overhead-bound)
         key = tuple((t.data_ptr(), t._version) for t in (*self.lora_a.values(), *self.lora_b.values()))
@@ -93,7 +112,7 @@ class LoRALinear(nn.Module):
         if self.merged or not self.adapted:
             return out
         a, b = self._ab()                                       # b carries the scale
-        return out + linear(linear(self.dropout(x), a.t()), b.t())              # x @ a @ b
+        return out + matmul(matmul(self.dropout(x), a), b)
 
     def _rows(self):
         start = 0
@@ -111,6 +130,25 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.parts}, lora on {list(self.lora_a)}, scale={self.scale}"
+
+
+_FROZEN_ADAPTERS = False
+
+
+@contextlib.contextmanager
+def frozen_adapters(model: nn.Module):
+    """For a generation call: refresh every adapter's fused A/B now (eager) and let compiled decode steps
+    take them as inputs instead of rebuilding them at every token. Adapters must not change inside."""
+    global _FROZEN_ADAPTERS
+    with torch.no_grad():
+        for m in lora_modules(model):
+            if not m.merged and m.adapted:
+                m._ab()
+    previous, _FROZEN_ADAPTERS = _FROZEN_ADAPTERS, True
+    try:
+        yield
+    finally:
+        _FROZEN_ADAPTERS = previous
 
 
 def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:

@@ -18,9 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 from .kv_cache import KVCache, layout_from_segments
-from .lora import Linear, apply_lora, linear
-
-SHORT_QUERY = 16      # at most this many new tokens per call count as decoding (see `attend`)
+from .lora import SHORT_ROWS, Linear, apply_lora, linear
 
 
 class RMSNorm(nn.Module):
@@ -70,6 +68,10 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 def fake_quant_int8(x: torch.Tensor, value_range: torch.Tensor) -> torch.Tensor:
     """Symmetric int8 fake-quantisation with a frozen [min, max] range (zero point 0)."""
     scale = torch.maximum(value_range[0] / -128.0, value_range[1] / 127.0).reshape(1)
+    if torch.compiler.is_compiling() and not torch.is_grad_enabled():
+        # the ATen kernel's arithmetic as plain ops, which inductor fuses (the op is an opaque call;
+        # training keeps it for its straight-through gradient)
+        return ((x.float() * (1.0 / scale)).round().clamp(-128, 127) * scale).to(x.dtype)
     zero = torch.zeros(1, dtype=torch.int32, device=x.device)
     return torch.fake_quantize_per_tensor_affine(x.float(), scale, zero, -128, 127).to(x.dtype)
 
@@ -77,18 +79,21 @@ def fake_quant_int8(x: torch.Tensor, value_range: torch.Tensor) -> torch.Tensor:
 def attend(q, k, v, mask):
     """SDPA with GQA. `mask` None means causal when q and k have equal length, else no mask.
 
-    Under torch.compile, a few queries against the static cache (decode, speculative blocks) take the
-    plain softmax(q k^T / sqrt(hd)) v, which inductor fuses with its neighbours; the SDPA kernel would
-    stay an opaque call per layer (and its bf16 path is slow for one query on CPU)."""
+    A few queries against the static cache on CPU (decoding, speculative blocks) attend in fp32: the
+    bf16 SDPA kernel is several times slower there for one query. Under torch.compile they take the
+    plain softmax(q k^T / sqrt(hd)) v, which inductor fuses with its neighbours."""
     B, H, T, hd = q.shape
-    if torch.compiler.is_compiling() and mask is not None and T <= SHORT_QUERY:
-        KV, S = k.shape[1], k.shape[2]
-        s = (q.reshape(B, KV, H // KV * T, hd) @ k.transpose(-1, -2)).view(B, KV, H // KV, T, S)
-        p = (s.float() * hd ** -0.5).masked_fill(~mask.unsqueeze(-3), float("-inf")).softmax(-1)
-        return (p.to(q.dtype).view(B, KV, H // KV * T, S) @ v).view(B, H, T, hd)   # heads grouped by KV head
+    if mask is not None and T <= SHORT_ROWS and q.device.type == "cpu":
+        with torch.autocast("cpu", enabled=False):
+            q, k, v, dtype = q.float(), k.float(), v.float(), q.dtype
+            if not torch.compiler.is_compiling():
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != k.shape[1]).to(dtype)
+            KV, S = k.shape[1], k.shape[2]
+            s = (q.reshape(B, KV, H // KV * T, hd) @ k.transpose(-1, -2)).view(B, KV, H // KV, T, S)
+            p = (s * hd ** -0.5).masked_fill(~mask.unsqueeze(-3), float("-inf")).softmax(-1)
+            return (p.view(B, KV, H // KV * T, S) @ v).view(B, H, T, hd).to(dtype)    # heads grouped by KV head
     causal = mask is None and T > 1
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                          enable_gqa=q.shape[1] != k.shape[1])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=H != k.shape[1])
 
 
 class Attention(nn.Module):

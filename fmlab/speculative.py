@@ -14,6 +14,7 @@ import time
 import torch
 
 from .generate import check_context, decode_one, extend, new_cache, precision_context, unwrap_compiled
+from .lora import frozen_adapters
 from .sampling import Sampling, probabilities
 
 
@@ -48,7 +49,7 @@ def speculative_generate(target, draft, prompt: list[int], stop: set[int], max_n
     proposed = accepted = rounds = 0
     start = time.perf_counter()
     ttft = None
-    with precision_context(precision, device):
+    with precision_context(precision, device), frozen_adapters(target), frozen_adapters(draft):
         while len(out) < max_new_tokens:
             # 1. draft proposes k tokens, one forward each (the first also catches up on unseen tokens)
             d_logits = run(draft, d_todo, d_cache)[:, -1]

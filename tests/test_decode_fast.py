@@ -64,6 +64,13 @@ def test_compiled_decode_equals_eager(quantised):
     eager = generate_ids(quantised, prompts, set(), 16, GREEDY)[0]
     assert generate_ids(quantised, prompts, set(), 16, GREEDY, compile_model=True)[0] == eager
     assert generate_ids(torch.compile(quantised), prompts, set(), 16, GREEDY)[0] == eager   # CLI's wrapper
+    with torch.no_grad():                       # an adapter update between calls is seen by the next one
+        for name, p in quantised.named_parameters():
+            if ".lora_b." in name:
+                p.normal_(0, 1.0)
+    changed = generate_ids(quantised, prompts, set(), 16, GREEDY)[0]
+    assert changed != eager
+    assert generate_ids(quantised, prompts, set(), 16, GREEDY, compile_model=True)[0] == changed
 
 
 @pytest.mark.slow
@@ -74,3 +81,13 @@ def test_compiled_speculative_equals_greedy(quantised):
     plain = generate_ids(quantised, [prompt], set(), 20, GREEDY)[0][0]
     spec, stats = speculative_generate(quantised, draft, prompt, set(), 20, 3, GREEDY, compile_model=True)
     assert spec == plain and stats["proposed"] > 0
+
+
+def test_compiled_fake_quant_is_the_aten_kernel_bit_for_bit():
+    from fmlab.model import fake_quant_int8
+
+    x = torch.randn(5000) * 3
+    for r in ([-2.0, 2.5], [-0.37, 0.9]):
+        value_range = torch.tensor(r)
+        with torch.no_grad():
+            assert torch.equal(torch.compile(fake_quant_int8)(x, value_range), fake_quant_int8(x, value_range))
