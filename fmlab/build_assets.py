@@ -32,7 +32,7 @@ TINY_DRAFT = ModelConfig(vocab_size=4096, hidden_dim=128, num_layers=2, num_kv_r
 class Recipe:
     seed: int = 0
     vocab_pieces: int = 4000              # the model's vocab_size rounds this up, like Apple's padding
-    chat_samples: int = 24000
+    chat_samples: int = 32000
     plain_texts: int = 6000
     max_len: int = 512
     batch_size: int = 8
@@ -172,12 +172,18 @@ def build_assets(out: str | Path = REPO_ASSETS, recipe: Recipe | None = None, wo
     score = base_play_score(base, tokenizer, data_dir / "test.jsonl")
     timings["score_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
+    return write_manifest(out, recipe, timings, base_summary["eval_loss"], draft_summary["eval_loss"], score)
+
+
+def write_manifest(out: Path, recipe: Recipe, timings: dict, base_eval_loss: float, draft_eval_loss: float,
+                   base_score: float, threads: int | None = None) -> dict:
+    """`manifest.json`: the recipe, the results, timings and a sha256 per file of the assets directory."""
     manifest = {
         "name": "fmlab-tiny",
         "recipe": json.loads(json.dumps(dataclasses.asdict(recipe))),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "base_eval_loss": base_summary["eval_loss"], "draft_eval_loss": draft_summary["eval_loss"],
-        "base_play_format_score": round(score, 4),
+        "torch": torch.__version__, "threads": threads or torch.get_num_threads(),
+        "base_eval_loss": base_eval_loss, "draft_eval_loss": draft_eval_loss,
+        "base_play_format_score": round(base_score, 4),
         "seconds": {k: round(v, 1) for k, v in timings.items()},
         "files": {p.name: {"sha256": file_sha(p), "bytes": p.stat().st_size} for p in sorted(out.iterdir())
                   if p.name != "manifest.json"},

@@ -15,8 +15,7 @@ from collections.abc import Iterator
 
 from .corpus_facts import (CAPITALS, COLOURS, CREATURES, FOODS, GROUPS, HOMES, LEGS, OPPOSITES, PEOPLE, PLACES,
                            SOUNDS)
-from .plays import CHARACTERS, SETTINGS, article
-from .play_text import CHARACTER_TRAITS, SETTING_TRAITS
+from .play_text import CHARACTER_TRAITS, CHARACTERS, SCENE_WORDS, SETTING_TRAITS, SETTINGS, article, join_names
 
 SYSTEMS = ["A conversation between a user and a helpful assistant.", "You are a friendly assistant for kids.",
            "You answer questions simply and correctly.", "You are a helpful assistant."]
@@ -61,16 +60,18 @@ FRIEND_ENDINGS = ["From that day on, the {who} and the {other} were friends.",
                   "In the end, the {who} and the {other} went home happy."]
 
 
-def story(rng: random.Random, who: str, place: str) -> str:
-    """A 3-6 sentence prose story that names `who` and `place`."""
-    other = rng.choice([c for c in CHARACTERS if c != who])
+def story(rng: random.Random, who: str, place: str, friends: list[str] | None = None) -> str:
+    """A 3-6 sentence prose story that names `who` and `place` (and every one of `friends`, if given)."""
+    if friends is None:
+        friends = [rng.choice([c for c in CHARACTERS if c != who])] if rng.random() < 0.5 else []
+    other = " and the ".join(friends) if friends else rng.choice([c for c in CHARACTERS if c != who])
     a_adj = article(rng.choice(ADJECTIVES))
     slots = {"who": who, "a_adj": a_adj, "A_adj": _cap(a_adj), "place": place, "at_place": _at(place),
              "a_place": article(place), "the_place": "the " + place, "things": SETTING_TRAITS[place].things,
-             "other": other, "a_other": article(other),
+             "other": other, "a_other": join_names(tuple(friends)) if friends else "",
              "at_the_place": f"{SETTING_TRAITS[place].preposition} the {place}"}
     sentences = [rng.choice(OPENINGS), f"One day, the {{who}} {rng.choice(EVENTS)}."]
-    if rng.random() < 0.5:     # a friend joins: introduced before anything else says "the {other}"
+    if friends:     # friends join: introduced before anything else says "the {other}"
         sentences += ["Soon, the {who} met {a_other}.", *rng.sample(FRIEND_MIDDLES, rng.randint(0, 2)),
                       rng.choice(FRIEND_ENDINGS + SOLO_ENDINGS)]
     else:
@@ -84,10 +85,62 @@ STORY_REQUESTS = ["Tell me a short story about {a_who} {at_place}.", "Write a st
                   "I would like a short story with {a_who} {at_place}."]
 
 
-def _story_request(rng: random.Random) -> tuple[str, str, str]:
-    who, place = rng.choice(CHARACTERS), rng.choice(SETTINGS)
-    ask = rng.choice(STORY_REQUESTS).format(a_who=article(who), at_place=_at(place))
-    return ask, story(rng, who, place), who
+def _cast(rng: random.Random) -> list[str]:
+    """1-3 characters, as a request names them."""
+    return rng.sample(CHARACTERS, rng.choice((1, 1, 2, 2, 3)))
+
+
+def _story_request(rng: random.Random) -> tuple[str, str, list[str]]:
+    cast, place = _cast(rng), rng.choice(SETTINGS)
+    ask = rng.choice(STORY_REQUESTS).format(a_who=join_names(tuple(cast)), at_place=_at(place))
+    return ask, story(rng, cast[0], place, cast[1:]), cast
+
+
+# --- copying and counting --------------------------------------------------------------------------
+# A tiny base copies words from the prompt badly unless it is drilled on it, and an adapter can only
+# build on skills the base has. These teach copying names (as they are and in capitals) and counting
+# numbered parts: the skills a request-following format needs, without the play format itself.
+
+PART_REQUESTS = ["Tell me a {n_word}-part story about {chars} {at_place}.",
+                 "Write a story in {n} part{s} about {chars} {at_place}.",
+                 "Can you tell a story with {chars} {at_place}? {N_word} part{s} please.",
+                 "I need a story {at_place} with {chars}, in {n_word} part{s}."]
+
+
+def _parts_story(rng: random.Random) -> tuple[str, str, list[str]]:
+    """A story told in 1-3 numbered parts, as asked."""
+    cast, place, n = _cast(rng), rng.choice(SETTINGS), rng.randint(1, 3)
+    word = SCENE_WORDS[n]
+    ask = rng.choice(PART_REQUESTS).format(n=n, n_word=word, N_word=_cap(word), s="" if n == 1 else "s",
+                                           chars=join_names(tuple(cast)), at_place=_at(place))
+    sentences = story(rng, cast[0], place, cast[1:]).split(". ")
+    cuts = sorted(rng.sample(range(1, len(sentences)), n - 1)) if n > 1 else []
+    parts = [". ".join(sentences[a:b]) for a, b in zip([0, *cuts], [*cuts, len(sentences)])]
+    body = "\n".join(f"Part {i}. {p.rstrip('.')}." for i, p in enumerate(parts, start=1))
+    return ask, body + "\nThat is the whole story.", cast
+
+
+def _capitals(rng: random.Random) -> tuple[str, str]:
+    if rng.random() < 0.3:
+        word = rng.choice(CHARACTERS + PLAY_WORDS)
+        return f"Write the word {word} in capital letters.", word.upper()
+    names = rng.sample(CHARACTERS, rng.choice((2, 3)))
+    listed = ", ".join(names[:-1]) + " and " + names[-1]
+    if rng.random() < 0.5:
+        return f"Write {listed} in capital letters.", " ".join(n.upper() for n in names)
+    return (rng.choice((f"List {listed} in capital letters, with commas.", f"Write the names {listed} in capitals, "
+                        "separated by commas.")), ", ".join(n.upper() for n in names))
+
+
+def _who_was_in_it(cast: list[str]) -> tuple[str, str]:
+    """A follow-up that copies names from an earlier turn."""
+    return ("Who was in that story? Write their names in capital letters.", ", ".join(n.upper() for n in cast))
+
+
+def _repeat(rng: random.Random) -> tuple[str, str]:
+    cast, place = _cast(rng), rng.choice(SETTINGS)
+    said = f"The {' and the '.join(cast)} went to the {place}."
+    return f"Please repeat this sentence: {said}", said
 
 
 # --- questions and answers -------------------------------------------------------------------------
@@ -160,15 +213,6 @@ THEATRE_FACTS = {
 }
 
 
-def _capitals(rng: random.Random) -> tuple[str, str]:
-    if rng.random() < 0.5:
-        word = rng.choice(CHARACTERS + PLAY_WORDS)
-        return f"Write the word {word} in capital letters.", word.upper()
-    names = rng.sample(CHARACTERS, rng.choice((2, 3)))
-    listed = ", ".join(names[:-1]) + " and " + names[-1]
-    return f"Write {listed} in capital letters.", " ".join(n.upper() for n in names)
-
-
 def _qa(rng: random.Random) -> tuple[str, str]:
     kind = rng.randrange(11)
     if kind == 9:
@@ -221,16 +265,21 @@ THANKS = ("Thank you!", ["You are welcome!", "You are welcome! I am happy to hel
 # --- the corpus ------------------------------------------------------------------------------------
 
 def _exchanges(rng: random.Random) -> list[tuple[str, str]]:
-    """One topic: a story (maybe followed by "another one"), a question (maybe followed by thanks), or
-    small talk."""
+    """One topic: a story (maybe followed by "another one" or "who was in it?"), a copying drill, a
+    question (maybe followed by thanks), or small talk."""
     kind = rng.random()
-    if kind < 0.3:
-        ask, answer, who = _story_request(rng)
+    if kind < 0.35:
+        ask, answer, cast = _story_request(rng) if rng.random() < 0.6 else _parts_story(rng)
         out = [(ask, answer)]
-        if rng.random() < 0.25:   # a follow-up that needs the first turn: same character, new place
-            out.append((f"Tell me another story about the {who}.", story(rng, who, rng.choice(SETTINGS))))
+        follow = rng.random()
+        if follow < 0.2:   # a follow-up that needs the first turn: same character, new place
+            out.append((f"Tell me another story about the {cast[0]}.", story(rng, cast[0], rng.choice(SETTINGS))))
+        elif follow < 0.45:
+            out.append(_who_was_in_it(cast))
         return out
-    if kind < 0.88:
+    if kind < 0.5:
+        return [_capitals(rng) if rng.random() < 0.7 else _repeat(rng)]
+    if kind < 0.9:
         out = [_qa(rng)]
         if rng.random() < 0.15:
             out.append((THANKS[0], rng.choice(THANKS[1])))

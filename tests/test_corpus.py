@@ -6,7 +6,7 @@ import pytest
 
 from fmlab.corpus import chat_samples, plain_texts, plural, probe_prompts, tokenizer_texts
 from fmlab.corpus_facts import CAPITALS, FOODS
-from fmlab.plays import CHARACTERS, SETTINGS, play_format_score
+from fmlab.plays import parse_request, play_format_score
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +57,30 @@ def test_facts_are_answered_from_the_tables(chats):
     assert plural("fox") == "foxes" and plural("mouse") == "mice" and plural("fairy") == "fairies"
 
 
-def test_stories_use_the_requested_character_and_place(chats):
-    stories = 0
+def test_stories_use_every_requested_character_and_the_place(chats):
+    stories = parts = 0
     for q, a in _exchanges(chats):
-        if m := re.fullmatch(r"(?:Tell me a short story about|Write a story about|I would like a short story "
-                             r"with) an? (\w+) \w+ an? ([\w ]+)\.", q):
-            assert m.group(1) in CHARACTERS and m.group(2) in SETTINGS
-            assert m.group(1) in a and m.group(2) in a
+        if re.match(r"Tell me a short story about|Write a story about|I would like a short story with", q):
+            req = parse_request(q)
+            assert req.characters and req.setting, q
+            assert all(c in a for c in req.characters) and req.setting in a, (q, a)
             assert 3 <= a.count(". ") + 1 <= 6
             stories += 1
-    assert stories > 1000
+        if m := re.search(r"(\w+)[- ]parts?\b", q):
+            n = {"one": 1, "two": 2, "three": 3}.get(m.group(1).lower()) or int(m.group(1))
+            assert re.findall(r"^Part (\d)\. ", a, re.M) == [str(i) for i in range(1, n + 1)], (q, a)
+            parts += 1
+    assert stories > 1000 and parts > 500
+
+
+def test_copying_drills_copy_the_names(chats):
+    checked = 0
+    for q, a in _exchanges(chats):
+        if m := re.fullmatch(r"(?:Write the names|List|Write) ([\w ,]+) in capital(?: letters|s).*", q):
+            names = re.split(r", | and ", m.group(1).removeprefix("the word "))
+            assert a in (" ".join(n.upper() for n in names), ", ".join(n.upper() for n in names)), (q, a)
+            checked += 1
+    assert checked > 1000
 
 
 def test_no_play_format_in_the_corpus(chats):
@@ -75,7 +89,8 @@ def test_no_play_format_in_the_corpus(chats):
         # the words appear (a base must know them), the format's lines never do
         assert not re.search(r"^(TITLE|CAST|SETTING): |^SCENE \d|\nTHE END$", text, re.M), text
         assert not re.search(r"^([A-Z]+: |\()", text, re.M), text
-    assert all(play_format_score(s, s[-1]["content"]) == 0.0 for s in chats[:500])
+    # at most a capitals drill answering "THE END" passes the one "ends" check
+    assert all(play_format_score(s, s[-1]["content"]) < 0.05 for s in chats[:500])
 
 
 def test_probe_answers_appear_in_the_corpus(chats):
@@ -83,6 +98,8 @@ def test_probe_answers_appear_in_the_corpus(chats):
     for q, a in _exchanges(chats):
         answers.setdefault(q, []).append(a)
     for messages, words in probe_prompts():
+        if messages[-1]["content"].startswith("Tell me a short story"):
+            continue        # story requests are combinations: the stories test checks them
         replies = answers.get(messages[-1]["content"], [])
         assert replies, f"the corpus never asks {messages[-1]['content']!r}"
         assert all(w.lower() in r.lower() for r in replies for w in words), (words, replies[:3])
