@@ -34,7 +34,7 @@ def test_fused_rope_equals_reference_bit_for_bit():
     x = torch.randn(2, 7, 3, 16)                                       # (B, T, heads, hd)
     positions = torch.randint(0, 4000, (2, 7))
     reference = apply_rope(x.transpose(1, 2), *rope_tables(positions, 16, 500000.0)).transpose(1, 2)
-    assert torch.equal(rotate(x, *rotation_tables(positions, 16, 500000.0)), reference)
+    assert torch.equal(rotate(x, rotation_tables(positions, 16, 500000.0)), reference)
 
 
 def test_decode_over_all_slots_equals_full_forward(quantised):
