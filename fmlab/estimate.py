@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import ModelConfig
+from .linear_ce import chunk_rows
 
 GiB = 2**30
 DEVICE_OVERHEAD = {"cpu": 0.25 * GiB, "cuda": 0.6 * GiB, "mps": 0.5 * GiB}   # runtime + allocator slack
@@ -83,7 +84,10 @@ def estimate_training(cfg: ModelConfig, batch_size: int, seq_len: int, precision
         activations = tokens * sum(per_block)
     kv_export = tokens * 2 * cfg.num_kv_heads * cfg.head_dim * act            # K/V shared with segment_1
     targets = int(tokens * target_fraction)
-    head = targets * cfg.vocab_size * (4 + 4 + act)                            # fp32 logits, grad, bf16 copy
+    # token_loss (linear_ce): the target rows and their saved gradient, plus one chunk of fp32 logits and
+    # their compute-dtype gradient at a time; no (targets, vocab) tensor outlives the forward
+    rows = min(targets, chunk_rows(cfg.vocab_size))
+    head = targets * cfg.hidden_dim * (4 + act) + rows * cfg.vocab_size * (4 + act)
     return Estimate(weights, trainable_state, activations + kv_export, head, DEVICE_OVERHEAD.get(device, 0))
 
 

@@ -11,6 +11,11 @@ from __future__ import annotations
 import torch
 
 CHUNK_ELEMENTS = 1 << 21       # logits per chunk (8 MiB in fp32): stays in cache, keeps the matmuls large
+MIN_CHUNK_ROWS = 256           # with a large vocabulary, still enough rows per pass over the head weight
+
+
+def chunk_rows(vocab_size: int) -> int:
+    return max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // vocab_size)
 
 
 def _compute_dtype(h: torch.Tensor) -> torch.dtype:
@@ -26,7 +31,7 @@ def _loss_and_grads(hidden, weight, labels, want_h: bool, want_w: bool):
         grad_h = torch.empty_like(h) if want_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=w.device) if want_w else None
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        rows = max(16, CHUNK_ELEMENTS // w.shape[0])
+        rows = chunk_rows(w.shape[0])
         for i in range(0, h.shape[0], rows):
             x, y = h[i:i + rows], labels[i:i + rows]
             logits = (x @ w.t()).float()                                       # (n, V)

@@ -5,6 +5,7 @@ import torch
 from fmlab.assets import cast_frozen
 from fmlab.config import LoRAConfig, preset
 from fmlab.estimate import estimate_generation, estimate_training
+from fmlab.linear_ce import chunk_rows
 from fmlab.lora import mark_only_lora_trainable
 from fmlab.model import build_model
 from fmlab.train import token_loss
@@ -27,10 +28,11 @@ def measured_training_bytes(cfg, batch, seq):
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
         loss, n = token_loss(model, {"input_ids": ids, "label_ids": labels})
-    logits_grad = int(n) * cfg.vocab_size * 4                  # alive with the saved tensors in backward
+    rows = min(int(n), chunk_rows(cfg.vocab_size))
+    logits_chunk = rows * cfg.vocab_size * (4 + 2)             # fp32 logits + bf16 gradient, end of forward
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return weights + 16 * lora + sum(saved.values()) + logits_grad
+    return weights + 16 * lora + sum(saved.values()) + logits_chunk
 
 
 def test_training_estimate_within_20_percent_of_measured():
