@@ -27,8 +27,8 @@ def speculative_generate(target, draft, prompt: list[int], stop: set[int], max_n
     (k + 1)-token check.
 
     A round costs k draft steps plus one target forward, so the draft's cost per token against the
-    target's decides the speedup: the loop keeps tokens on the device between draft steps and reads
-    them back once per round (at T=0, no distribution is ever materialised)."""
+    target's decides the speedup: drafted tokens stay tensors between draft steps and are read back
+    once per round, and at T=0 no distribution is materialised (argmax of the logits only)."""
     s = sampling or Sampling()
     k = max(1, num_draft_tokens)
     target, compiled = unwrap_compiled(target, compile_model)
