@@ -1,6 +1,7 @@
 """fmlab's synthetic pretraining corpus for the embedded base `fmlab-tiny`: chats (short prose stories on
-request, Q&A from small fact tables, arithmetic, spelling, small talk, descriptions, lists; some
-multi-turn) and plain texts (stories and fact paragraphs) for language modelling.
+request, stories in numbered parts, Q&A from small fact tables, arithmetic, spelling, small talk,
+descriptions, lists, drills in copying names; some multi-turn) and plain texts (stories and fact
+paragraphs) for language modelling.
 
 The base learns to chat coherently from it, with the same characters and places as the play set
 (`fmlab.plays`), but it never sees the play format: that is what an adapter has to teach. Every answer is
