@@ -107,9 +107,9 @@ def student_rollouts(student, batch, stop: set[int], seed: int = 0, temperature:
 def write_teacher_replies(teacher, tokenizer, train_data, out_path, max_new_tokens: int = 320,
                           batch_size: int = 32, precision: str = "bf16-mixed") -> dict:
     """Write `train_data` (chat JSONL) to `out_path` with each sample's final assistant reply replaced by
-    the teacher's greedy reply to the same prompt (an empty reply keeps the reference). Returns counts. At T=0 speculative decoding accepts a
-    drafted token only when it *is* the teacher's greedy choice, so these replies are the exact text the
-    draft must learn to predict; the reference replies only approximate it."""
+    the teacher's greedy reply to the same prompt (an empty reply keeps the reference). Returns counts.
+    At T=0 speculative decoding accepts a drafted token only when it *is* the teacher's greedy choice, so
+    these replies are the exact text the draft must learn to predict; the references only approximate it."""
     import json
 
     from tqdm.auto import tqdm
@@ -120,7 +120,7 @@ def write_teacher_replies(teacher, tokenizer, train_data, out_path, max_new_toke
     from .generate import generate
     from .sampling import Sampling
 
-    samples = [s for s in read_messages(train_data) if s.messages[-1]["role"] == "assistant"]
+    samples = read_messages(train_data)          # training samples: each ends with an assistant reply
     lines, stopped, empty = [], 0, 0
     for b in tqdm(range(0, len(samples), batch_size), desc="teacher replies", unit="batch"):
         chunk = samples[b:b + batch_size]
@@ -129,9 +129,11 @@ def write_teacher_replies(teacher, tokenizer, train_data, out_path, max_new_toke
                            batch_size=batch_size, precision=precision)
         for sample, reply in zip(chunk, replies):
             stopped += reply.finish_reason == "stop"
-            empty += not reply.text.strip()
-            record = sample.messages[:-1] + [{"role": "assistant", "content": reply.text}] if reply.text.strip() \
-                else sample.messages
+            record = sample.messages
+            if reply.text.strip():
+                record = record[:-1] + [{"role": "assistant", "content": reply.text}]
+            else:
+                empty += 1
             lines.append(json.dumps({"messages": record, "tools": sample.tools} if sample.tools else record,
                                     ensure_ascii=False))
     with atomic_write(out_path, "w") as f:

@@ -24,6 +24,13 @@ def tiny_model(tiny_config):
     return model
 
 
+def sharp(model, scale=30.0):
+    """Make a random model's next-token choice decisive, so greedy paths are far from float ties."""
+    with torch.no_grad():
+        model.embedding.weight.mul_(scale)
+    return model
+
+
 # --- tokenizer and chat data (data pipeline) -------------------------------------------------------
 
 

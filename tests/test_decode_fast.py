@@ -3,6 +3,7 @@ cache attention, the compiled decode step (greedy tokens identical, logits withi
 compiled speculative decoding, and the branch-free KV quantiser under torch.compile."""
 import pytest
 import torch
+from conftest import sharp
 
 from fmlab.config import preset
 from fmlab.generate import decode_one, extend, generate_ids, new_cache, prefill
@@ -11,12 +12,6 @@ from fmlab.sampling import Sampling
 from fmlab.speculative import speculative_generate
 
 GREEDY = Sampling(temperature=0.0)
-
-
-def sharp(model, scale=30.0):
-    with torch.no_grad():
-        model.embedding.weight.mul_(scale)
-    return model
 
 
 @pytest.fixture

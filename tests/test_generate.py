@@ -2,6 +2,7 @@
 speculative greedy = greedy, and speculative sampling matches the target distribution."""
 import pytest
 import torch
+from conftest import sharp
 
 from fmlab.common import FmlabError
 from fmlab.config import preset
@@ -11,13 +12,6 @@ from fmlab.sampling import Sampling, probabilities
 from fmlab.speculative import speculative_generate
 
 GREEDY = Sampling(temperature=0.0)
-
-
-def sharp(model, scale=30.0):
-    """Make a random model's next-token choice decisive, so greedy paths are far from float ties."""
-    with torch.no_grad():
-        model.embedding.weight.mul_(scale)
-    return model
 
 
 @pytest.fixture
