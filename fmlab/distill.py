@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .common import FmlabError
+from .teacher_cache import coarsen
 from .train import IGNORE, unwrap
 
 
@@ -51,15 +52,19 @@ class DistillLoss:
 
     def __init__(self, teacher, divergence: str = "reverse_kl", temperature: float = 1.0, beta: float = 0.5,
                  on_policy: float = 0.0, teacher_precision: str = "bf16-mixed", stop: set[int] | None = None,
-                 seed: int = 0):
+                 seed: int = 0, cache=None):
         if divergence not in DIVERGENCES:
             raise FmlabError(f"unknown divergence {divergence!r}; choose from {', '.join(DIVERGENCES)}")
         if not 0.0 <= on_policy <= 1.0 or not 0.0 < beta < 1.0 or temperature <= 0:
             raise FmlabError("need 0 <= on_policy <= 1, 0 < beta < 1 and temperature > 0")
+        if cache is not None and temperature != 1.0:
+            raise FmlabError("the teacher's top-k cache holds temperature-1 probabilities: use a distillation "
+                             "temperature of 1 with it, or no cache")
         self.teacher = teacher.eval().requires_grad_(False)
         self.divergence, self.temperature, self.beta = DIVERGENCES[divergence], temperature, beta
         self.on_policy, self.stop, self.rng = on_policy, stop or set(), random.Random(seed)
         self.teacher_precision = teacher_precision
+        self.cache = cache           # a teacher_cache.TeacherTopK: the teacher's top-k per document
 
     def _teacher_logits(self, batch, mask):
         from .generate import precision_context
@@ -72,12 +77,19 @@ class DistillLoss:
             return self.teacher.logits(hidden[mask]).float()
 
     def __call__(self, student, batch):
-        if self.on_policy and student.training and self.rng.random() < self.on_policy:
+        rollout = self.on_policy and student.training and self.rng.random() < self.on_policy
+        if rollout:
             batch = student_rollouts(unwrap(student), batch, self.stop, seed=self.rng.randrange(2**31))
         mask = target_mask(batch["label_ids"])
-        teacher_logits = self._teacher_logits(batch, mask)
+        cached = self.cache.lookup(batch, mask) if self.cache is not None and not rollout else None
+        if cached is None:
+            teacher_logits = self._teacher_logits(batch, mask)
+            if self.cache is not None and not rollout:
+                cached = self.cache.store(batch, mask, teacher_logits)
         hidden = student(batch["input_ids"], segment_ids=batch.get("segment_ids"), return_hidden=True)
         student_logits = unwrap(student).logits(hidden[mask]).float()
+        if cached is not None:           # both distributions over the teacher's top-k tokens + the rest
+            student_logits, teacher_logits = coarsen(student_logits, *cached)
         if self.temperature != 1.0:
             student_logits, teacher_logits = student_logits / self.temperature, teacher_logits / self.temperature
         return self.divergence(student_logits, teacher_logits, self.beta).sum(), mask.sum()

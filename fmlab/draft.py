@@ -42,10 +42,13 @@ def train_draft(train_data, checkpoint_dir, eval_data=None, checkpoint=None, con
                 divergence: str = "reverse_kl", temperature: float = 1.0, beta: float = 0.5, on_policy: float = 0.0,
                 target_precision: str = "bf16-mixed", compile_target: bool = False, score_prompts=None,
                 num_draft_tokens: int = 5, device=None, callbacks=(), resume: bool = False,
-                teacher_replies: bool = False) -> dict:
+                teacher_replies: bool = False, cache_teacher_topk: int = 0) -> dict:
     """Distil the assets' draft against base + adapter; then score every saved draft by acceptance.
     With `teacher_replies`, the draft learns on the teacher's own greedy replies to the training prompts
-    (written once to CHECKPOINT_DIR/teacher-replies.jsonl and reused on resume) instead of the references."""
+    (written once to CHECKPOINT_DIR/teacher-replies.jsonl and reused on resume) instead of the references.
+    With `cache_teacher_topk` = k, the teacher's top-k log-probabilities are computed once per document and
+    reused by later epochs (kept in CHECKPOINT_DIR/teacher-topk.pt for a resume or a re-run; see
+    `teacher_cache`)."""
     from .adapter import DataConfig, load_batches
     from .assets import load_draft, load_tokenizer
     from .common import resolve_device
@@ -66,8 +69,14 @@ def train_draft(train_data, checkpoint_dir, eval_data=None, checkpoint=None, con
         p.requires_grad_(True)
     if compile_target:
         teacher = torch.compile(teacher)
+    cache = None
+    if cache_teacher_topk:
+        from .teacher_cache import TeacherTopK, teacher_fingerprint
+
+        cache = TeacherTopK(cache_teacher_topk, Path(checkpoint_dir) / "teacher-topk.pt",
+                            teacher_fingerprint(teacher), target_precision)
     loss = DistillLoss(teacher, divergence, temperature, beta, on_policy, target_precision, stop_ids(tokenizer),
-                       config.seed)
+                       config.seed, cache)
     if teacher_replies:
         replies = Path(checkpoint_dir) / "teacher-replies.jsonl"
         if not (resume and replies.exists()):
@@ -82,6 +91,10 @@ def train_draft(train_data, checkpoint_dir, eval_data=None, checkpoint=None, con
         evals = list(load_batches(tokenizer, eval_data, data, config.batch_size, None, train=False).epoch(0))
     summary = train(student, loss, batches, evals, config, checkpoint_dir, save_weights=save_model,
                     callbacks=callbacks, resume=resume)
+    if cache is not None:
+        cache.save()
+        summary["teacher_cache"] = {"k": cache.k, "documents": len(cache.docs), "megabytes": cache.megabytes(),
+                                    "batches_from_cache": cache.hits, "batches_through_teacher": cache.misses}
     summary["teacher_adapter"] = str(adapter) if adapter else None
     if score_prompts:
         summary["scores"] = score_drafts(checkpoint_dir, teacher, tokenizer, score_prompts, assets,

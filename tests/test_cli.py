@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from fmlab.cli import main
 
@@ -29,10 +30,14 @@ def test_train_adapter_with_config_file_then_train_draft(tmp_path, small_data, c
     assert (adapter_dir / "adapter-final.pt").exists() and (adapter_dir / "loss.png").exists()
     draft_dir = tmp_path / "draft"
     assert main(["train-draft", "--checkpoint", str(adapter_dir), "--train-data", str(train), "--eval-data",
-                 str(valid), "--epochs", "1", "--batch-size", "4", "--checkpoint-dir", str(draft_dir),
-                 "--num-score-prompts", "1", "--target-precision", "f32", "--draft-precision", "f32"]) == 0
+                 str(valid), "--epochs", "2", "--batch-size", "4", "--checkpoint-dir", str(draft_dir),
+                 "--num-score-prompts", "1", "--target-precision", "f32", "--draft-precision", "f32",
+                 "--cache-teacher-topk", "8"]) == 0
     draft_manifest = json.loads((draft_dir / "checkpoints.json").read_text())
     assert draft_manifest["best_by_acceptance"] and (draft_dir / "draft-model-final.pt").exists()
+    cache = torch.load(draft_dir / "teacher-topk.pt", weights_only=True)
+    assert len(cache["docs"]) == 8 + 4             # every training and eval document, once
+    assert {tuple(v.shape[1:]) for v, _ in cache["docs"].values()} == {(9,)}     # top-8 + the rest
     assert "acceptance" in capsys.readouterr().out
 
 

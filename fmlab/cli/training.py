@@ -106,6 +106,10 @@ def add_train_draft(sub):
                                                                   "own continuations (GKD)")
     p.add_argument("--teacher-replies", action="store_true", help="distil on the teacher's own greedy replies "
                    "to the training prompts (sequence-level KD) instead of the reference replies")
+    p.add_argument("--cache-teacher-topk", type=int, default=0, metavar="K",
+                   help="keep the teacher's top-K log-probabilities per document (in memory and in "
+                        "CHECKPOINT_DIR/teacher-topk.pt), so later epochs skip the teacher: 6K + 2 bytes per "
+                        "target token; the divergence is then taken over those K tokens + the rest")
     p.add_argument("--score-prompts", help="chat JSONL of held-out prompts: score every saved draft by "
                                            "acceptance and speedup (default: --eval-data)")
     p.add_argument("--num-score-prompts", type=int, default=8)
@@ -130,7 +134,7 @@ def cmd_train_draft(args):
                           _data_config(args), args.assets, args.divergence, args.distill_temperature, args.jsd_beta,
                           args.on_policy, args.target_precision, args.compile_target_model, prompts,
                           args.num_draft_tokens, args.device, callbacks=_plot_callbacks(args), resume=args.resume,
-                          teacher_replies=args.teacher_replies)
+                          teacher_replies=args.teacher_replies, cache_teacher_topk=args.cache_teacher_topk)
     _print_summary(summary)
     for row in summary.get("scores", []):
         print(f"  {row['draft']:>24}: acceptance {row['acceptance_rate']:.3f}, speedup {row['speedup']:.2f}x")
@@ -155,3 +159,7 @@ def _print_summary(summary):
     if manifest["final"]:
         print(f"  final {manifest['final']['path']}")
     print(f"  metrics: {summary['out_dir']}/metrics.jsonl, manifest: {summary['out_dir']}/checkpoints.json")
+    if "teacher_cache" in summary:
+        c = summary["teacher_cache"]
+        print(f"  teacher top-{c['k']} cache: {c['documents']} documents, {c['megabytes']:.1f} MB; "
+              f"{c['batches_from_cache']} batches from the cache, {c['batches_through_teacher']} through the teacher")
