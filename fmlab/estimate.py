@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .attention import CHUNK, chunks_pay_off
 from .config import ModelConfig
 from .linear_ce import chunk_rows
 
@@ -52,8 +53,9 @@ def _param_counts(cfg: ModelConfig) -> tuple[int, int, int]:
     return mats, vecs, lora
 
 
-def activation_bytes_per_token(cfg: ModelConfig, reuse: bool, act: int) -> int:
-    """Bytes autograd keeps per token for one block (act = bytes of the compute dtype)."""
+def activation_bytes_per_token(cfg: ModelConfig, reuse: bool, act: int, chunked_seq_len: int = 0) -> int:
+    """Bytes autograd keeps per token for one block (act = bytes of the compute dtype). `chunked_seq_len`:
+    rows of this length attend by chunks (CPU), which keeps the attention probabilities."""
     C, F, hd = cfg.hidden_dim, cfg.ffn_dim, cfg.head_dim
     q, kv = cfg.num_heads * hd, cfg.num_kv_heads * hd
     proj = q if reuse else q + 2 * kv
@@ -64,7 +66,16 @@ def activation_bytes_per_token(cfg: ModelConfig, reuse: bool, act: int) -> int:
             + act * proj + 4 * (q + kv) * 2   # projection output; RoPE / QK-norm in fp32
             + act * q * 2                # attention output and its logsumexp-sized state
             + act * 2 * F + act * F * 2  # gate/up output, silu, product (input to down)
-            + act * rank * n_lora)       # LoRA x @ A intermediates
+            + act * rank * n_lora        # LoRA x @ A intermediates
+            + attention_probability_bytes(cfg, chunked_seq_len, act))
+
+
+def attention_probability_bytes(cfg: ModelConfig, seq_len: int, act: int) -> int:
+    """Per token and layer: `attention.causal_attention_by_chunks` keeps H (T + chunk) / 2 probabilities a
+    token for backward, in fp32 and again in the compute dtype (once when that is fp32)."""
+    if not seq_len:
+        return 0
+    return cfg.num_heads * (seq_len + CHUNK) // 2 * (4 + (act if act != 4 else 0))
 
 
 def estimate_training(cfg: ModelConfig, batch_size: int, seq_len: int, precision: str = "bf16-mixed",
@@ -76,7 +87,9 @@ def estimate_training(cfg: ModelConfig, batch_size: int, seq_len: int, precision
     weights = mats * frozen_bytes + vecs * 4 + lora * (2 if precision == "bf16" else 4)
     trainable_state = lora * 16
     tokens = batch_size * seq_len
-    per_block = [activation_bytes_per_token(cfg, i >= cfg.num_regular_layers, act) for i in range(cfg.num_layers)]
+    chunked = seq_len if device == "cpu" and chunks_pay_off(batch_size, cfg.num_heads, seq_len) else 0
+    per_block = [activation_bytes_per_token(cfg, i >= cfg.num_regular_layers, act, chunked)
+                 for i in range(cfg.num_layers)]
     if activation_checkpointing:
         kept = sum(4 * cfg.hidden_dim if i % every_n == 0 else per_block[i] for i in range(cfg.num_layers))
         activations = tokens * (kept + max(per_block) * every_n)

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .attention import attend
 from .config import ModelConfig
 from .kv_cache import KVCache, layout_from_segments
-from .lora import SHORT_ROWS, Linear, apply_lora, linear
+from .lora import Linear, apply_lora, linear
 
 
 class RMSNorm(nn.Module):
@@ -78,26 +79,6 @@ def fake_quant_int8(x: torch.Tensor, value_range: torch.Tensor) -> torch.Tensor:
         return ((x.float() * (1.0 / scale)).round().clamp(-128, 127) * scale).to(x.dtype)
     zero = torch.zeros(1, dtype=torch.int32, device=x.device)
     return torch.fake_quantize_per_tensor_affine(x.float(), scale, zero, -128, 127).to(x.dtype)
-
-
-def attend(q, k, v, mask):
-    """SDPA with GQA. `mask` None means causal when q and k have equal length, else no mask.
-
-    A few queries against the static cache on CPU (decoding, speculative blocks) attend in fp32: the
-    bf16 SDPA kernel is several times slower there for one query. Under torch.compile they take the
-    plain softmax(q k^T / sqrt(hd)) v, which inductor fuses with its neighbours."""
-    B, H, T, hd = q.shape
-    if mask is not None and T <= SHORT_ROWS and q.device.type == "cpu":
-        with torch.autocast("cpu", enabled=False):
-            q, k, v, dtype = q.float(), k.float(), v.float(), q.dtype
-            if not torch.compiler.is_compiling():
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != k.shape[1]).to(dtype)
-            KV, S = k.shape[1], k.shape[2]
-            s = (q.reshape(B, KV, H // KV * T, hd) @ k.transpose(-1, -2)).view(B, KV, H // KV, T, S)
-            p = (s * hd ** -0.5).masked_fill(~mask.unsqueeze(-3), float("-inf")).softmax(-1)
-            return (p.view(B, KV, H // KV * T, S) @ v).view(B, H, T, hd).to(dtype)    # heads grouped by KV head
-    causal = mask is None and T > 1
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=H != k.shape[1])
 
 
 class Attention(nn.Module):
