@@ -1,6 +1,7 @@
 """The training loop: token-normalised accumulation, exact resume, checkpoints, NaN guard, schedules, DDP."""
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -150,9 +151,13 @@ def test_ddp_two_processes_match_one(tmp_path):
     one, _ = run(tmp_path / "one", Rows(n=8, batch_size=2), epochs=1, gradient_accumulation_steps=2)
     script = Path(__file__).with_name("ddp_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_port", "29531", str(script), str(tmp_path / "two")],
-                   check=True, env=env, timeout=300, capture_output=True)
+    with socket.socket() as s:          # a free port: a fixed one can still be held from an earlier run
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(port), str(script), str(tmp_path / "two")],
+                          env=env, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
     two = read_adapter(tmp_path / "two" / "adapter-final.pt", one.config)
     for k, v in lora_state_dict(one).items():
         torch.testing.assert_close(two[k], v, atol=1e-5, rtol=1e-4)
