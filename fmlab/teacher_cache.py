@@ -4,8 +4,8 @@ re-runs on the same data) skip the teacher's forward pass.
 A document's teacher outputs depend only on its own tokens: attention is document-masked and positions
 restart per document, so the cache is keyed by each document's tokens and target mask, and any packing,
 padding or shuffling of later epochs finds the same entries. Memory: k + 1 log-probabilities (fp16)
-and k token ids (int32) per target token, 6k + 2 bytes; k = 32 is 194 bytes a token (about 50 MB for
-the toy set's 255k target tokens; 0.9 GB for 5M).
+and k token ids (int32) per target token, 6k + 2 bytes; k = 32 is 194 bytes a token (35 MB for the toy
+set's 1,500 teacher replies; 0.9 GB for 5M target tokens).
 
 With the cache the divergence is taken between the two distributions coarsened to k + 1 outcomes: the
 teacher's top-k tokens and "any other token". That is exact when "any other" is a single token, never more
