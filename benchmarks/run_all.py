@@ -99,8 +99,8 @@ def decode_section(decode: dict) -> list[str]:
         lines.append(f"| {'compiled' if r['compiled'] else 'eager'} | **{r['speedup']:.2f}×** | "
                      f"{r['acceptance_rate']:.3f} | {r['identical']} |")
     if decode.get("distilled"):
-        lines += ["", "With the distilled draft of `make demo` (notebook 04, `out/draft/draft-model-final.pt`) for its "
-                  "teacher, the base + notebook 02's best adapter, on the same held-out play prompts:", "",
+        lines += ["", "With the best distilled draft of `make demo` (notebook 04's run `out/draft`, best by acceptance) "
+                  "for its teacher, the base + notebook 02's best adapter, on the same held-out play prompts:", "",
                   "| mode | speedup over plain decoding (same mode) | acceptance rate | output identical |",
                   "|---|---:|---:|---|"]
         for r in decode["distilled"]:
@@ -113,15 +113,15 @@ def decode_section(decode: dict) -> list[str]:
 
 
 def distilled_speculative(repeats: int, compiled: bool) -> list[dict]:
-    """Speculative speedup with `make demo`'s distilled draft and adapter, if they exist."""
+    """Speculative speedup with `make demo`'s best distilled draft and adapter, if they exist."""
     from benchmarks.bench_decode import speculative_speedup
     from fmlab.checkpointing import best_checkpoint
+    from fmlab.export import resolve_checkpoint
 
     out = HERE.parent / "out"
-    draft = out / "draft" / "draft-model-final.pt"
-    if not (draft.exists() and (out / "adapter" / "checkpoints.json").exists()):
+    if not ((out / "draft" / "checkpoints.json").exists() and (out / "adapter" / "checkpoints.json").exists()):
         return []
-    adapter = best_checkpoint(out / "adapter")
+    draft, adapter = resolve_checkpoint(out / "draft", draft=True), best_checkpoint(out / "adapter")
     return [speculative_speedup(128, repeats, adapter=adapter, draft_checkpoint=draft, compiled=c)
             for c in ((False, True) if compiled else (False,))]
 
