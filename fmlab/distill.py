@@ -81,11 +81,12 @@ class DistillLoss:
         if rollout:
             batch = student_rollouts(unwrap(student), batch, self.stop, seed=self.rng.randrange(2**31))
         mask = target_mask(batch["label_ids"])
-        cached = self.cache.lookup(batch, mask) if self.cache is not None and not rollout else None
+        documents = self.cache.documents(batch, mask) if self.cache is not None and not rollout else None
+        cached = self.cache.lookup(documents, mask.device) if documents is not None else None
         if cached is None:
             teacher_logits = self._teacher_logits(batch, mask)
-            if self.cache is not None and not rollout:
-                cached = self.cache.store(batch, mask, teacher_logits)
+            if documents is not None:
+                cached = self.cache.store(documents, teacher_logits)
         hidden = student(batch["input_ids"], segment_ids=batch.get("segment_ids"), return_hidden=True)
         student_logits = unwrap(student).logits(hidden[mask]).float()
         if cached is not None:           # both distributions over the teacher's top-k tokens + the rest

@@ -54,38 +54,37 @@ class TeacherTopK:
                 print(f"{self.path}: written for another teacher, precision or k, or unreadable; rebuilding it")
 
     @staticmethod
-    def _documents(batch, mask):
-        """(key, row, positions) of each document holding targets, in the order of `hidden[mask]`."""
+    def documents(batch, mask) -> list[tuple[str, int]]:
+        """(key, number of targets) of each document holding targets, in the order of `hidden[mask]`."""
         ids, seg = batch["input_ids"].cpu(), batch.get("segment_ids")
         seg = (ids != 0).long() if seg is None else seg.cpu()
         mask = mask.cpu()
+        out = []
         for b in range(ids.shape[0]):
             for s in torch.unique_consecutive(seg[b][seg[b] > 0]).tolist():
                 pos = (seg[b] == s).nonzero().squeeze(1)
-                if mask[b, pos].any():
-                    key = hashlib.sha1(ids[b, pos].numpy().tobytes() + mask[b, pos].numpy().tobytes()).hexdigest()
-                    yield key, b, pos
+                targets = mask[b, pos]
+                if targets.any():
+                    key = hashlib.sha1(ids[b, pos].numpy().tobytes() + targets.numpy().tobytes()).hexdigest()
+                    out.append((key, int(targets.sum())))
+        return out
 
-    def lookup(self, batch, mask):
-        """The cached (log-probs, token ids) of every target token of the batch, or None if any is missing."""
-        found = []
-        for key, _, _ in self._documents(batch, mask):
-            if key not in self.docs:
-                self.misses += 1
-                return None
-            found.append(self.docs[key])
+    def lookup(self, documents: list[tuple[str, int]], device):
+        """The cached (log-probs, token ids) of every target token of `documents`, or None if one is missing."""
+        if any(key not in self.docs for key, _ in documents):
+            self.misses += 1
+            return None
         self.hits += 1
-        device = batch["input_ids"].device
+        found = [self.docs[key] for key, _ in documents]
         return (torch.cat([f[0].float() for f in found]).to(device),      # (CPU autocast refuses fp16 cat)
                 torch.cat([f[1].long() for f in found]).to(device))
 
-    def store(self, batch, mask, teacher_logits: torch.Tensor):
-        """Top-k of the teacher's logits at the batch's targets (rows in `hidden[mask]` order)."""
+    def store(self, documents: list[tuple[str, int]], teacher_logits: torch.Tensor):
+        """Top-k of the teacher's logits at the targets of `documents` (rows in `hidden[mask]` order)."""
         k = min(self.k, teacher_logits.shape[-1] - 1)           # "the rest" must hold a token
         logp, ids = coarse_teacher(teacher_logits, k)
         start = 0
-        for key, b, pos in self._documents(batch, mask):
-            n = int(mask[b, pos.to(mask.device)].sum())
+        for key, n in documents:
             self.docs[key] = (logp[start:start + n].half().cpu(), ids[start:start + n].int().cpu())
             start += n
         return logp, ids
@@ -95,7 +94,7 @@ class TeacherTopK:
             atomic_torch_save({"identity": self.identity, "docs": self.docs}, self.path)
 
     def megabytes(self) -> float:
-        return sum(v.numel() * v.element_size() + i.numel() * i.element_size() for v, i in self.docs.values()) / 2**20
+        return sum(t.numel() * t.element_size() for pair in self.docs.values() for t in pair) / 2**20
 
 
 def _top_and_rest(log_p: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

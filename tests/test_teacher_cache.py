@@ -48,7 +48,7 @@ def test_second_epoch_comes_from_the_cache_with_the_same_loss():
     again = loss(student, batch)[0]
     assert counting.calls == 1 and loss.cache.hits == 1
     with torch.autocast("cpu", dtype=torch.bfloat16):          # as under --draft-precision bf16-mixed
-        assert loss.cache.lookup(batch, batch["label_ids"] != -100) is not None
+        assert loss.cache.lookup(loss.cache.documents(batch, batch["label_ids"] != -100), "cpu") is not None
     torch.testing.assert_close(again, first, rtol=2e-3, atol=1e-4)          # fp16 log-probs on disk
     loss(student, _batch([docs[0], docs[2]], 12))                           # one new document: teacher runs
     assert counting.calls == 2
