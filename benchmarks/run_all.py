@@ -93,22 +93,22 @@ def decode_section(decode: dict) -> list[str]:
         ms = r["ms_per_call"]
         lines.append(f"| {'compiled' if r['compiled'] else 'eager'} | {ms['draft']:.2f} ms | {ms['target']:.2f} ms | "
                      f"**{r['draft_over_target']:.3f}** | {r['check_over_step']:.2f} |")
-    lines += ["", "| mode | speedup over plain decoding (same mode) | acceptance rate | output identical |",
-              "|---|---:|---:|---|"]
-    for r in decode["speculative"]:
-        lines.append(f"| {'compiled' if r['compiled'] else 'eager'} | **{r['speedup']:.2f}×** | "
-                     f"{r['acceptance_rate']:.3f} | {r['identical']} |")
+    lines += [""] + speculative_table(decode["speculative"])
     if decode.get("distilled"):
         lines += ["", "With the best distilled draft of `make demo` (notebook 04's run `out/draft`, best by acceptance) "
-                  "for its teacher, the base + notebook 02's best adapter, on the same held-out play prompts:", "",
-                  "| mode | speedup over plain decoding (same mode) | acceptance rate | output identical |",
-                  "|---|---:|---:|---|"]
-        for r in decode["distilled"]:
-            lines.append(f"| {'compiled' if r['compiled'] else 'eager'} | **{r['speedup']:.2f}×** | "
-                         f"{r['acceptance_rate']:.3f} | {r['identical']} |")
+                  "for its teacher, the base + notebook 02's best adapter, on the same held-out play prompts:", ""]
+        lines += speculative_table(decode["distilled"])
     else:
         lines += ["", "Run `make demo` first to add the distilled draft of notebook 04 to this section."]
     lines.append("")
+    return lines
+
+
+def speculative_table(results: list[dict]) -> list[str]:
+    lines = ["| mode | speedup over plain decoding (same mode) | acceptance rate | output identical |", "|---|---:|---:|---|"]
+    for r in results:
+        lines.append(f"| {'compiled' if r['compiled'] else 'eager'} | **{r['speedup']:.2f}×** | "
+                     f"{r['acceptance_rate']:.3f} | {r['identical']} |")
     return lines
 
 
