@@ -23,9 +23,9 @@ import time
 
 import torch
 
-from fmlab.generate import generate_ids
-from fmlab.model import build_model
-from fmlab.sampling import Sampling
+from fmlab.infer.generate import generate_ids
+from fmlab.infer.sampling import Sampling
+from fmlab.model.transformer import build_model
 
 try:
     from benchmarks.llama import hf_llama, llama_like
@@ -72,10 +72,9 @@ def decode_vs_transformers(tokens: int, prompt_len: int, repeats: int, dtype: st
 
 
 def _embedded(assets=None, draft_checkpoint=None, adapter=None):
-    from fmlab.assets import load_base, load_draft, load_tokenizer
-    from fmlab.common import REPO_ASSETS
-    from fmlab.data import read_messages
-    from fmlab.generate import encode_prompts, stop_ids
+    from fmlab.checkpoints.assets import REPO_ASSETS, load_base, load_draft, load_tokenizer
+    from fmlab.data.validate import read_messages
+    from fmlab.infer.generate import encode_prompts, stop_ids
 
     tokenizer = load_tokenizer(assets)
     target, draft = load_base(assets, checkpoint=adapter), load_draft(assets, checkpoint=draft_checkpoint)
@@ -87,7 +86,7 @@ def _embedded(assets=None, draft_checkpoint=None, adapter=None):
 def draft_cost(tokens: int, repeats: int, compiled: bool, k: int = 5, assets=None) -> dict:
     """The draft's cost per token over the target's (one decode step each, same loop), and the target's
     check of k + 1 tokens over one of its decode steps: what a speculative round costs."""
-    from fmlab.generate import extend, new_cache, prefill
+    from fmlab.infer.generate import extend, new_cache, prefill
 
     target, draft, prompts, _ = _embedded(assets)
     prompt = torch.tensor([prompts[0]])
@@ -115,7 +114,7 @@ def speculative_speedup(tokens: int, repeats: int, assets=None, draft_checkpoint
                         k: int = 5, compiled: bool = False) -> dict:
     """Plain vs speculative greedy decoding of the base (+ adapter) with the (distilled) draft, on
     held-out play prompts, both eager or both compiled; checks the outputs are identical."""
-    from fmlab.speculative import speculative_generate
+    from fmlab.infer.speculative import speculative_generate
 
     target, draft, prompts, stop = _embedded(assets, draft_checkpoint, adapter)
     outs = {}

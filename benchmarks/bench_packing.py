@@ -20,11 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from fmlab.chat import render_text
-from fmlab.common import FmlabError, assets_dir
-from fmlab.data import read_messages, tokenize_dataset
-from fmlab.packing import pack, packing_efficiency
-from fmlab.tokenizer import Tokenizer, train_tokenizer
+from fmlab.checkpoints.assets import assets_dir
+from fmlab.data.chat_template import render_text
+from fmlab.data.dataset import tokenize_dataset
+from fmlab.data.packing import pack, packing_efficiency
+from fmlab.data.tokenizer import Tokenizer, train_tokenizer
+from fmlab.data.validate import read_messages
+from fmlab.errors import FmlabError
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -16,12 +16,12 @@ import json
 
 import torch
 
-from fmlab.assets import cast_frozen
-from fmlab.build_assets import TINY_BASE
-from fmlab.config import LoRAConfig
-from fmlab.lora import mark_only_lora_trainable
-from fmlab.model import build_model
-from fmlab.train import token_loss
+from fmlab.model.config import LoRAConfig
+from fmlab.model.lora import mark_only_lora_trainable
+from fmlab.model.precision import cast_frozen
+from fmlab.model.transformer import build_model
+from fmlab.tiny.build import TINY_BASE
+from fmlab.train.losses import token_loss
 
 try:
     from benchmarks.llama import hf_llama, llama_like

@@ -6,8 +6,8 @@ import dataclasses
 
 import torch
 
-from fmlab.build_assets import TINY_BASE
-from fmlab.config import LoRAConfig, ModelConfig
+from fmlab.model.config import LoRAConfig, ModelConfig
+from fmlab.tiny.build import TINY_BASE
 
 
 def llama_like(lora: LoRAConfig | None = None) -> ModelConfig:

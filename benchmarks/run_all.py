@@ -35,10 +35,9 @@ def packing() -> str:
 def export_timing() -> dict:
     import tempfile
 
-    from fmlab.assets import load_base
-    from fmlab.checkpoint import save_adapter
-    from fmlab.common import REPO_ASSETS
-    from fmlab.export import export_fmadapter
+    from fmlab.checkpoints.apple_format import save_adapter
+    from fmlab.checkpoints.assets import REPO_ASSETS, load_base
+    from fmlab.export.package import export_fmadapter
 
     with tempfile.TemporaryDirectory() as tmp:
         adapter = save_adapter(load_base(), Path(tmp) / "adapter.pt")
@@ -115,8 +114,8 @@ def speculative_table(results: list[dict]) -> list[str]:
 def distilled_speculative(repeats: int, compiled: bool) -> list[dict]:
     """Speculative speedup with `make demo`'s best distilled draft and adapter, if they exist."""
     from benchmarks.bench_decode import speculative_speedup
-    from fmlab.checkpointing import best_checkpoint
-    from fmlab.export import resolve_checkpoint
+    from fmlab.checkpoints.run_dir import best_checkpoint
+    from fmlab.export.package import resolve_checkpoint
 
     out = HERE.parent / "out"
     if not ((out / "draft" / "checkpoints.json").exists() and (out / "adapter" / "checkpoints.json").exists()):

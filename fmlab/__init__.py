@@ -1,7 +1,7 @@
 """fmlab: an open, notebook-driven workbench for Apple Foundation Models adapters."""
-from .common import FmlabError
-from .config import LoRAConfig, ModelConfig, from_tamm_json, preset
-from .model import Transformer, build_model, count_parameters
+from fmlab.errors import FmlabError
+from fmlab.model.config import LoRAConfig, ModelConfig, from_tamm_json, preset
+from fmlab.model.transformer import Transformer, build_model, count_parameters
 
 __version__ = "0.1.0"
 

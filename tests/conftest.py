@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from fmlab.config import preset
-from fmlab.model import build_model
+from fmlab.model.config import preset
+from fmlab.model.transformer import build_model
 
 # --- models (foundation) ---------------------------------------------------------------------------
 
@@ -38,7 +38,7 @@ def tiny_chat_corpus(n: int = 300) -> list[str]:
     """A few hundred chat-rendered lines from a fixed word list: enough for role words to be pieces."""
     import random
 
-    from fmlab.chat import render_text
+    from fmlab.data.chat_template import render_text
 
     rng = random.Random(0)
     words = ("the a an of to and in is it you that he was for on are with as I his they be at one have this "
@@ -59,6 +59,6 @@ def tiny_chat_corpus(n: int = 300) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
     """A SentencePiece BPE tokenizer (vocab 600) with all of Apple's special pieces, trained once per session."""
-    from fmlab.tokenizer import train_tokenizer
+    from fmlab.data.tokenizer import train_tokenizer
 
     return train_tokenizer(tiny_chat_corpus(), tmp_path_factory.mktemp("tok") / "tokenizer.model", vocab_size=600)

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from fmlab.config import preset
-from fmlab.lora import mark_only_lora_trainable
-from fmlab.model import build_model
-from fmlab.train import TrainConfig, token_loss, train
+from fmlab.model.config import preset
+from fmlab.model.lora import mark_only_lora_trainable
+from fmlab.model.transformer import build_model
+from fmlab.train.loop import TrainConfig, train
+from fmlab.train.losses import token_loss
 
 CONFIG = dict(epochs=3, precision="f32", learning_rate=1e-2, eval_every=3, keep_best=2, seed=0)
 SAVE_EVERY = 1
@@ -83,7 +84,7 @@ class Slow:
 
 
 def arm_write_kill(name: str, nth: int, after_rename: bool):
-    """Patch the two calls of fmlab.common.atomic_write: fsync (the temp file is complete) and replace."""
+    """Patch the two calls of fmlab.files.atomic_write: fsync (the temp file is complete) and replace."""
     count = [0]
 
     def target(path: str) -> bool:

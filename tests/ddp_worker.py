@@ -3,7 +3,8 @@ import sys
 
 from test_train import Rows, fresh_model
 
-from fmlab.train import TrainConfig, token_loss, train
+from fmlab.train.loop import TrainConfig, train
+from fmlab.train.losses import token_loss
 
 train(fresh_model(), token_loss, Rows(n=8, batch_size=2), None,
       TrainConfig(epochs=1, precision="f32", learning_rate=1e-2), sys.argv[1])

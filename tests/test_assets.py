@@ -1,18 +1,17 @@
 """The shipped embedded default (assets/): files match the manifest, configs build the AFM architecture,
 the base chats coherently but does not know plays, the draft is much cheaper."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from fmlab.assets import load_base, load_draft, load_tokenizer
-from fmlab.common import REPO_ASSETS, file_sha
-from fmlab.config import from_tamm_json
-from fmlab.corpus import probe_prompts
-from fmlab.generate import generate
-from fmlab.model import count_parameters
-from fmlab.sampling import Sampling
+from fmlab.checkpoints.assets import REPO_ASSETS, load_base, load_draft, load_tokenizer
+from fmlab.files import file_sha
+from fmlab.infer.generate import generate
+from fmlab.infer.sampling import Sampling
+from fmlab.model.config import from_tamm_json
+from fmlab.model.transformer import count_parameters
+from fmlab.tiny.corpus import probe_prompts
 
 MANIFEST = json.loads((REPO_ASSETS / "manifest.json").read_text())
 
@@ -41,7 +40,7 @@ def test_configs_are_tamm_json_with_afm_features():
 
 def test_draft_is_several_times_cheaper():
     base, draft = (from_tamm_json(REPO_ASSETS / f) for f in ("base-model-config.json", "draft-model-config.json"))
-    from fmlab.model import build_model
+    from fmlab.model.transformer import build_model
 
     def per_token(cfg):      # matmul parameters touched per token, the embedding lookup excluded
         counts = count_parameters(build_model(cfg, device="meta"))

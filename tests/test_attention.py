@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fmlab.attention import causal_attention_by_chunks
-from fmlab.kv_cache import layout_from_segments
+from fmlab.model.attention import causal_attention_by_chunks
+from fmlab.model.kv_cache import layout_from_segments
 
 
 def _qkv(T, B=2, H=4, KV=2, hd=16, seed=0):

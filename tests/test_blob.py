@@ -4,8 +4,8 @@ import struct
 import numpy as np
 import pytest
 
-from fmlab.blob import DTYPES, BlobWriter, overwrite_blob, read_blob, read_index
-from fmlab.common import FmlabError
+from fmlab.errors import FmlabError
+from fmlab.export.mil_blob import DTYPES, BlobWriter, overwrite_blob, read_blob, read_index
 
 RNG = np.random.default_rng(0)
 SAMPLES = [
@@ -63,11 +63,11 @@ def test_mil_dtype_codes():
 def test_identical_to_coremltools_writer_and_readable_by_its_reader(tmp_path):
     milstorage = pytest.importorskip("coremltools.libmilstoragepython")
     theirs = milstorage._BlobStorageWriter(str(tmp_path / "theirs.bin"))
-    write = {"fp16": lambda v: theirs.write_fp16_data(v.view(np.uint16)), "fp32": theirs.write_float_data}
+    write = {"fp16": lambda v: theirs.write_fp16_data(v.view(np.uint16)), "fp32": theirs.write_float_data}  # noqa: F821
     for name, t in (("int4", np.int8), ("int8", np.int8), ("int32", np.int32)):
-        write[name] = lambda v, f=getattr(theirs, f"write_{name}_data"), t=t: f(v.astype(t))
+        write[name] = lambda v, f=getattr(theirs, f"write_{name}_data"), t=t: f(v.astype(t))  # noqa: B008
     for name in ("uint1", "uint2", "uint3", "uint4", "uint6", "uint8"):
-        write[name] = lambda v, f=getattr(theirs, f"write_{name}_data"): f(v.astype(np.uint8))
+        write[name] = lambda v, f=getattr(theirs, f"write_{name}_data"): f(v.astype(np.uint8))  # noqa: B008
     their_offsets = [write[dtype](np.asarray(values)) for dtype, values in SAMPLES]
     del theirs, write                                           # the destructor finishes the file
     our_offsets = write_samples(tmp_path / "ours.bin")

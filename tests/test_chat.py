@@ -3,9 +3,17 @@ import json
 
 import pytest
 
-from fmlab.chat import (DEFAULT_SYSTEM, IGNORE, encode_chat, encode_prompt, loss_mask_html, render_text, tojson,
-                        trained_mask)
-from fmlab.common import FmlabError
+from fmlab.data.chat_template import (
+    DEFAULT_SYSTEM,
+    IGNORE,
+    encode_chat,
+    encode_prompt,
+    render_text,
+    tojson,
+    trained_mask,
+)
+from fmlab.errors import FmlabError
+from fmlab.lab.loss_mask import loss_mask_html
 
 USER = {"role": "user", "content": "Write a scene."}
 ASSISTANT = {"role": "assistant", "content": "KING: Enter.\nQUEEN: Exit."}

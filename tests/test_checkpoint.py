@@ -2,11 +2,12 @@
 import pytest
 import torch
 
-from fmlab.checkpoint import apple_key_map, from_apple, load_adapter, save_adapter, to_apple
-from fmlab.common import FmlabError, atomic_write
-from fmlab.config import preset
-from fmlab.lora import lora_state_dict, reset_lora
-from fmlab.model import build_model
+from fmlab.checkpoints.apple_format import apple_key_map, from_apple, load_adapter, save_adapter, to_apple
+from fmlab.errors import FmlabError
+from fmlab.files import atomic_write
+from fmlab.model.config import preset
+from fmlab.model.lora import lora_state_dict, reset_lora
+from fmlab.model.transformer import build_model
 
 
 def _keys(cfg):
@@ -113,7 +114,7 @@ def test_pickle_payload_is_refused(tmp_path):
 
     path = tmp_path / "evil.pt"
     path.write_bytes(pickle.dumps({"x": Payload()}))
-    from fmlab.checkpoint import load_torch
+    from fmlab.checkpoints.apple_format import load_torch
     with pytest.raises(FmlabError, match="weights-only"):
         load_torch(path)
 

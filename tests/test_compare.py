@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from fmlab.checkpoint import save_adapter
-from fmlab.compare import compare, flips, run_checkpoints, split_prompt, summary, to_html, wide
-from fmlab.config import preset
-from fmlab.generate import generate
-from fmlab.lora import lora_state_dict, merge_lora
-from fmlab.model import build_model
-from fmlab.sampling import Sampling
+from fmlab.checkpoints.apple_format import save_adapter
+from fmlab.infer.compare import compare, flips, run_checkpoints, split_prompt, summary, to_html, wide
+from fmlab.infer.generate import generate
+from fmlab.infer.sampling import Sampling
+from fmlab.model.config import preset
+from fmlab.model.lora import lora_state_dict, merge_lora
+from fmlab.model.transformer import build_model
 
 PROMPTS = ["Write a scene about the king.", [{"role": "user", "content": "Why is the queen in the castle?"}]]
 

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from fmlab.corpus import chat_samples, plain_texts, plural, probe_prompts, tokenizer_texts
-from fmlab.corpus_facts import CAPITALS, FOODS
-from fmlab.plays import parse_request, play_format_score
+from fmlab.tiny.corpus import chat_samples, plain_texts, plural, probe_prompts, tokenizer_texts
+from fmlab.tiny.corpus_facts import CAPITALS, FOODS
+from fmlab.tiny.plays import parse_request, play_format_score
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,19 @@ import sys
 import time
 from pathlib import Path
 
+import crash_worker
 import pytest
 import torch
 
-import crash_worker
-import fmlab.common
-from fmlab.assets import load_model
-from fmlab.checkpoint import load_torch, read_adapter, save_adapter, to_apple
-from fmlab.checkpointing import read_manifest
+import fmlab.files
+from fmlab.checkpoints.apple_format import load_torch, read_adapter, save_adapter, to_apple
+from fmlab.checkpoints.assets import load_model
+from fmlab.checkpoints.run_dir import read_manifest
 from fmlab.cli import main
-from fmlab.common import FmlabError, file_sha
-from fmlab.config import preset, to_tamm_json
-from fmlab.model import build_model
+from fmlab.errors import FmlabError
+from fmlab.files import file_sha
+from fmlab.model.config import preset, to_tamm_json
+from fmlab.model.transformer import build_model
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and SIGKILL")
 WORKER = Path(__file__).with_name("crash_worker.py")
@@ -198,7 +199,7 @@ def fill_disk(monkeypatch):
 
     def fdopen(fd, mode="r", *args, **kwargs):
         return FullDisk(fd, "wb", closefd=True) if "w" in mode else real(fd, mode, *args, **kwargs)
-    monkeypatch.setattr(fmlab.common.os, "fdopen", fdopen)
+    monkeypatch.setattr(fmlab.files.os, "fdopen", fdopen)
 
 
 def test_disk_full_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path, tiny_model, monkeypatch):

@@ -5,10 +5,11 @@ import random
 import pytest
 import torch
 
-from fmlab.chat import IGNORE
 from fmlab.cli import main
-from fmlab.data import DataError, DataWarning, Sample, read_messages, tokenize_dataset
-from fmlab.packing import Batches, collate, concat, pack, packing_efficiency, segment_ids
+from fmlab.data.chat_template import IGNORE
+from fmlab.data.dataset import tokenize_dataset
+from fmlab.data.packing import Batches, collate, concat, pack, packing_efficiency, segment_ids
+from fmlab.data.validate import DataError, DataWarning, Sample, read_messages
 
 U = {"role": "user", "content": "Hi"}
 A = {"role": "assistant", "content": "Hello"}

@@ -5,11 +5,11 @@ import pytest
 import torch
 from conftest import sharp
 
-from fmlab.config import preset
-from fmlab.generate import decode_one, extend, generate_ids, new_cache, prefill
-from fmlab.model import apply_rope, build_model, rope_tables, rotate, rotation_tables
-from fmlab.sampling import Sampling
-from fmlab.speculative import speculative_generate
+from fmlab.infer.generate import decode_one, extend, generate_ids, new_cache, prefill
+from fmlab.infer.sampling import Sampling
+from fmlab.infer.speculative import speculative_generate
+from fmlab.model.config import preset
+from fmlab.model.transformer import apply_rope, build_model, rope_tables, rotate, rotation_tables
 
 GREEDY = Sampling(temperature=0.0)
 
@@ -79,7 +79,7 @@ def test_compiled_speculative_equals_greedy(quantised):
 
 
 def test_compiled_fake_quant_is_the_aten_kernel_bit_for_bit():
-    from fmlab.model import fake_quant_int8
+    from fmlab.model.transformer import fake_quant_int8
 
     x = torch.randn(5000) * 3
     for r in ([-2.0, 2.5], [-0.37, 0.9]):

@@ -4,11 +4,12 @@ import math
 import pytest
 import torch
 
-from fmlab.checkpoint import save_model
-from fmlab.config import preset
-from fmlab.distill import DistillLoss, forward_kl, jsd, reverse_kl, target_mask
-from fmlab.model import build_model
-from fmlab.train import TrainConfig, train
+from fmlab.checkpoints.apple_format import save_model
+from fmlab.model.config import preset
+from fmlab.model.transformer import build_model
+from fmlab.train.distill import DistillLoss
+from fmlab.train.loop import TrainConfig, train
+from fmlab.train.losses import forward_kl, jsd, reverse_kl, target_mask
 
 
 def test_divergences_vanish_on_identical_distributions():
@@ -60,7 +61,7 @@ def test_gradients_reach_only_the_student():
 
 
 def test_on_policy_rollouts_score_the_students_own_tokens():
-    from fmlab.distill import student_rollouts
+    from fmlab.train.distill import student_rollouts
 
     teacher, student = _pair()
     ids = torch.randint(2, 512, (2, 10))
@@ -86,14 +87,14 @@ class Fixed:
 
 
 def test_distillation_raises_acceptance(tmp_path):
-    from fmlab.draft import measure_speculation
+    from fmlab.train.draft import measure_speculation
 
     teacher, student = _pair()
     g = torch.Generator().manual_seed(0)
     prompts = [[1] + torch.randint(2, 512, (5,), generator=g).tolist() for _ in range(6)]
     # distil on the teacher's own greedy continuations of these prompts
-    from fmlab.generate import generate_ids
-    from fmlab.sampling import Sampling
+    from fmlab.infer.generate import generate_ids
+    from fmlab.infer.sampling import Sampling
 
     rows = []
     for p in prompts:
@@ -125,13 +126,13 @@ def _chat_file(path, replies):
 def test_teacher_replies_replace_only_the_final_reply(tmp_path, tiny_tokenizer):
     import dataclasses
 
-    from fmlab.chat import encode_chat
-    from fmlab.data import read_messages
-    from fmlab.distill import write_teacher_replies
-    from fmlab.generate import generate
-    from fmlab.packing import collate
-    from fmlab.sampling import Sampling
-    from fmlab.train import token_loss
+    from fmlab.data.chat_template import encode_chat
+    from fmlab.data.packing import collate
+    from fmlab.data.validate import read_messages
+    from fmlab.infer.generate import generate
+    from fmlab.infer.sampling import Sampling
+    from fmlab.train.distill import write_teacher_replies
+    from fmlab.train.losses import token_loss
 
     # a teacher that learned other replies than the file's references
     teacher = build_model(dataclasses.replace(preset("tiny"), vocab_size=640, lora=None), seed=0)
@@ -154,8 +155,8 @@ def test_teacher_replies_replace_only_the_final_reply(tmp_path, tiny_tokenizer):
 def test_empty_teacher_replies_keep_the_reference(tmp_path, tiny_tokenizer):
     import dataclasses
 
-    from fmlab.data import read_messages
-    from fmlab.distill import write_teacher_replies
+    from fmlab.data.validate import read_messages
+    from fmlab.train.distill import write_teacher_replies
 
     teacher = build_model(dataclasses.replace(preset("tiny"), vocab_size=640), seed=0).eval()   # says only "\n"
     samples = _chat_file(tmp_path / "train.jsonl", ["Hi, king.", "Paris."])

@@ -9,13 +9,13 @@ from collections import namedtuple
 import pytest
 import sentencepiece as spm
 import torch
-
 from conftest import tiny_chat_corpus
-from fmlab import doctor
-from fmlab.cli import main
-from fmlab.common import REPO_ASSETS
-from fmlab.config import preset, to_tamm_json
 from test_mismatch import write_assets
+
+from fmlab.checkpoints.assets import REPO_ASSETS
+from fmlab.cli import main
+from fmlab.lab import doctor
+from fmlab.model.config import preset, to_tamm_json
 
 
 def rows(checks):
@@ -51,8 +51,8 @@ def break_tokenizer(d, tmp_path):
 
 def break_weights(d, tmp_path):
     cfg = preset("tiny", vocab_size=512)
-    from fmlab.checkpoint import to_apple
-    from fmlab.model import build_model
+    from fmlab.checkpoints.apple_format import to_apple
+    from fmlab.model.transformer import build_model
     torch.save(to_apple(build_model(cfg, seed=0).state_dict(), cfg), d / "base-model.pt")
 
 

@@ -2,13 +2,12 @@
 state counted exactly, activations as the bytes autograd saves during a real training step."""
 import torch
 
-from fmlab.assets import cast_frozen
-from fmlab.config import LoRAConfig, preset
-from fmlab.estimate import estimate_generation, estimate_training
-from fmlab.linear_ce import chunk_rows
-from fmlab.lora import mark_only_lora_trainable
-from fmlab.model import build_model
-from fmlab.train import token_loss
+from fmlab.model.config import LoRAConfig, preset
+from fmlab.model.lora import mark_only_lora_trainable
+from fmlab.model.precision import cast_frozen
+from fmlab.model.transformer import build_model
+from fmlab.train.losses import chunk_rows, token_loss
+from fmlab.train.memory import estimate_generation, estimate_training
 
 
 def measured_training_bytes(cfg, batch, seq):

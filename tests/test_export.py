@@ -10,16 +10,27 @@ import pytest
 import torch
 import yaml
 
-from fmlab.blob import BlobWriter, read_blob, read_index
-from fmlab.checkpoint import save_adapter, to_apple
+from fmlab.checkpoints.apple_format import save_adapter, to_apple
 from fmlab.cli import main
-from fmlab.common import FmlabError
-from fmlab.config import LoRAConfig, preset, to_tamm_json
-from fmlab.export import (BASE_SIGNATURE, METADATA_KEYS, adapter_layout, check_adapter_name, check_runtime_lora,
-                          export_fmadapter, metadata, metadata_text, qk_permute, qk_unpermute,
-                          read_adapter_weights, write_adapter_weights)
-from fmlab.model import apply_rope, build_model, rope_tables
-from fmlab.verify import verify_fmadapter
+from fmlab.errors import FmlabError
+from fmlab.export.mil_blob import BlobWriter, read_blob, read_index
+from fmlab.export.package import (
+    BASE_SIGNATURE,
+    METADATA_KEYS,
+    adapter_layout,
+    check_adapter_name,
+    check_runtime_lora,
+    export_fmadapter,
+    metadata,
+    metadata_text,
+    qk_permute,
+    qk_unpermute,
+    read_adapter_weights,
+    write_adapter_weights,
+)
+from fmlab.export.verify import verify_fmadapter
+from fmlab.model.config import LoRAConfig, preset, to_tamm_json
+from fmlab.model.transformer import apply_rope, build_model, rope_tables
 
 # --- fixtures: a tiny assets directory in Apple's layout ---------------------------------------------
 
@@ -211,8 +222,8 @@ def test_export_with_coreml_draft_then_verify(assets, coreml_package):
 
 @pytest.mark.slow
 def test_coreml_draft_program_and_weights(assets, coreml_package):
-    from fmlab.coreml_draft import read_coreml_draft
-    from fmlab.export import load_draft_state
+    from fmlab.export.coreml_draft import read_coreml_draft
+    from fmlab.export.package import load_draft_state
 
     state, info = read_coreml_draft(coreml_package / "draft.mlpackage", assets["draft_cfg"])
     dcfg = assets["draft_cfg"]
@@ -232,7 +243,7 @@ def test_coreml_draft_program_and_weights(assets, coreml_package):
 
 
 def test_coreml_wrapper_matches_the_draft():
-    from fmlab.coreml_draft import CoreMLDraft
+    from fmlab.export.coreml_draft import CoreMLDraft
 
     cfg = preset("tiny-draft")
     draft = build_model(cfg, seed=3).eval()
@@ -309,7 +320,7 @@ def test_configured_signature(assets, tmp_path):
 def make_template(cfg, directory):
     """A stand-in for Apple's template files: a MIL text, a blob file with every entry's blobs (zeros)
     plus one unrelated blob, and a spec pointing at them."""
-    from fmlab.draft_template import FORMATS, _mil_shapes
+    from fmlab.export.draft_template import FORMATS, _mil_shapes
 
     (directory / "draft.mil").write_text("program(1.3)\n// synthetic draft program for fmlab's tests\n")
     mapping = {}
@@ -337,8 +348,8 @@ def template_assets(assets, tmp_path):
 
 
 def test_template_fill_and_read_back(template_assets, tmp_path):
-    from fmlab.draft_template import read_filled
-    from fmlab.export import load_draft_state
+    from fmlab.export.draft_template import read_filled
+    from fmlab.export.package import load_draft_state
 
     a = template_assets
     pkg = export(a, tmp_path / "out", draft=a["draft"])
@@ -362,7 +373,7 @@ def test_template_fill_and_read_back(template_assets, tmp_path):
 
 
 def test_apple_draft_has_134_template_entries():
-    from fmlab.draft_template import mil_map
+    from fmlab.export.draft_template import mil_map
 
     names = mil_map(preset("afm-draft"))
     assert len(names) == 134

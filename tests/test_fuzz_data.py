@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from fmlab.cli import main
-from fmlab.data import DataError, read_messages, tokenize_dataset
-from fmlab.jsonl import MAX_DEPTH, MAX_LINE_BYTES
+from fmlab.data.dataset import tokenize_dataset
+from fmlab.data.jsonl import MAX_DEPTH, MAX_LINE_BYTES
+from fmlab.data.validate import DataError, read_messages
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 TRAIN = (DATA / "train.jsonl").read_bytes().split(b"\n")[:40]

@@ -4,12 +4,12 @@ import pytest
 import torch
 from conftest import sharp
 
-from fmlab.common import FmlabError
-from fmlab.config import preset
-from fmlab.generate import generate_ids
-from fmlab.model import build_model
-from fmlab.sampling import Sampling, probabilities
-from fmlab.speculative import speculative_generate
+from fmlab.errors import FmlabError
+from fmlab.infer.generate import generate_ids
+from fmlab.infer.sampling import Sampling, probabilities
+from fmlab.infer.speculative import speculative_generate
+from fmlab.model.config import preset
+from fmlab.model.transformer import build_model
 
 GREEDY = Sampling(temperature=0.0)
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fmlab import linear_ce
-from fmlab.linear_ce import linear_cross_entropy
+from fmlab.train import losses as linear_ce
+from fmlab.train.losses import linear_cross_entropy
 
 
 def reference(h, w, y):

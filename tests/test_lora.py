@@ -3,10 +3,16 @@ import math
 
 import torch
 
-from fmlab.config import preset
-from fmlab.lora import (LoRALinear, lora_modules, mark_only_lora_trainable, merge_lora, parameter_split,
-                        unmerge_lora)
-from fmlab.model import build_model
+from fmlab.model.config import preset
+from fmlab.model.lora import (
+    LoRALinear,
+    lora_modules,
+    mark_only_lora_trainable,
+    merge_lora,
+    parameter_split,
+    unmerge_lora,
+)
+from fmlab.model.transformer import build_model
 
 
 def test_apple_defaults_and_init():

@@ -5,13 +5,13 @@ import json
 import pytest
 import sentencepiece as spm
 import torch
-
 from conftest import tiny_chat_corpus
-from fmlab.assets import load_base, load_draft, load_tokenizer
-from fmlab.checkpoint import save_adapter, to_apple
-from fmlab.common import FmlabError
-from fmlab.config import LoRAConfig, preset, to_tamm_json
-from fmlab.model import build_model
+
+from fmlab.checkpoints.apple_format import save_adapter, to_apple
+from fmlab.checkpoints.assets import load_base, load_draft, load_tokenizer
+from fmlab.errors import FmlabError
+from fmlab.model.config import LoRAConfig, preset, to_tamm_json
+from fmlab.model.transformer import build_model
 
 VOCAB = 640                      # fits the 600-piece test tokenizer
 

@@ -1,8 +1,8 @@
 """Invariants of the AFM model: exact parameter counts, RoPE convention, cache and packing equivalences."""
 import torch
 
-from fmlab.config import LoRAConfig, preset
-from fmlab.model import apply_rope, build_model, count_parameters, rope_tables
+from fmlab.model.config import LoRAConfig, preset
+from fmlab.model.transformer import apply_rope, build_model, count_parameters, rope_tables
 
 
 def test_afm_3b_parameter_counts_match_apple():
@@ -112,7 +112,7 @@ def test_kv_fake_quant_rounds_to_int8_grid(tiny_model):
 
 
 def test_activation_checkpointing_keeps_lora_gradients(tiny_model):
-    from fmlab.lora import mark_only_lora_trainable
+    from fmlab.model.lora import mark_only_lora_trainable
 
     mark_only_lora_trainable(tiny_model)
     tiny_model.train()

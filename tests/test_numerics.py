@@ -5,13 +5,14 @@ import warnings
 
 import pytest
 import torch
-
 from crash_worker import Rows
-from fmlab.common import FmlabError
-from fmlab.config import preset
-from fmlab.lora import mark_only_lora_trainable
-from fmlab.model import build_model
-from fmlab.train import DivergenceCheck, DivergenceWarning, TrainConfig, lr_lambda, token_loss, train
+
+from fmlab.errors import FmlabError
+from fmlab.model.config import preset
+from fmlab.model.lora import mark_only_lora_trainable
+from fmlab.model.transformer import build_model
+from fmlab.train.loop import DivergenceCheck, DivergenceWarning, TrainConfig, lr_lambda, train
+from fmlab.train.losses import token_loss
 
 
 def feed(losses, **kw):

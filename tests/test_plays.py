@@ -6,10 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from fmlab.corpus import story
-from fmlab.plays import (SPLITS, PlayRequest, generate_requests, generate_samples, make_splits, parse_request,
-                         play_format_checks, play_format_score, split_requests, split_samples)
-from fmlab.play_text import play_text, request_text
+from fmlab.tiny.corpus import story
+from fmlab.tiny.play_text import play_text, request_text
+from fmlab.tiny.plays import (
+    SPLITS,
+    PlayRequest,
+    generate_requests,
+    generate_samples,
+    make_splits,
+    parse_request,
+    play_format_checks,
+    play_format_score,
+    split_requests,
+    split_samples,
+)
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 REQUEST = PlayRequest(("dragon", "baker"), "bakery", 2)
@@ -102,7 +112,7 @@ def test_committed_splits_are_the_generator_output(tmp_path):
     for name, size in SPLITS.items():
         committed = (DATA / f"{name}.jsonl").read_bytes()
         assert committed == (tmp_path / f"{name}.jsonl").read_bytes(), \
-            f"data/{name}.jsonl is stale: run `python -m fmlab.plays`"
+            f"data/{name}.jsonl is stale: run `python -m fmlab.tiny.plays`"
         samples = [json.loads(line) for line in committed.decode().splitlines()]
         assert len(samples) == size
         keys[name] = {(frozenset(r.characters), r.setting, r.scenes) for r in map(parse_request, samples)}

@@ -3,8 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from fmlab.quant import (int4_dequantize, int4_quantize, kmeans_1d, lut4_dequantize, lut4_quantize,
-                         relative_error, sqnr_db)
+from fmlab.export.quant4 import (
+    int4_dequantize,
+    int4_quantize,
+    kmeans_1d,
+    lut4_dequantize,
+    lut4_quantize,
+    relative_error,
+    sqnr_db,
+)
 
 
 def test_kmeans_is_exact_with_few_distinct_values():

@@ -2,11 +2,12 @@
 again whatever row or padding they land in, and the coarsened divergence is a faithful lower bound."""
 import pytest
 import torch
-
-from fmlab.common import FmlabError
-from fmlab.distill import DistillLoss, forward_kl, reverse_kl
-from fmlab.teacher_cache import TeacherTopK, coarse_teacher, coarsen, teacher_fingerprint
 from test_distill import _pair
+
+from fmlab.errors import FmlabError
+from fmlab.train.distill import DistillLoss
+from fmlab.train.losses import forward_kl, reverse_kl
+from fmlab.train.teacher_cache import TeacherTopK, coarse_teacher, coarsen, teacher_fingerprint
 
 
 def _batch(rows, width):

@@ -4,8 +4,8 @@ import io
 import pytest
 import sentencepiece as spm
 
-from fmlab.common import FmlabError
-from fmlab.tokenizer import SPECIAL_PIECES, Tokenizer, train_tokenizer
+from fmlab.data.tokenizer import SPECIAL_PIECES, Tokenizer, train_tokenizer
+from fmlab.errors import FmlabError
 
 
 def test_special_ids_follow_apples_low_ids(tiny_tokenizer):

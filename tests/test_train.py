@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmlab.checkpoint import read_adapter
-from fmlab.checkpointing import best_checkpoint, read_manifest
-from fmlab.common import FmlabError
-from fmlab.config import preset
-from fmlab.lora import lora_state_dict, mark_only_lora_trainable
-from fmlab.model import build_model
-from fmlab.train import TrainConfig, lr_lambda, token_loss, train
+from fmlab.checkpoints.apple_format import read_adapter
+from fmlab.checkpoints.run_dir import best_checkpoint, read_manifest
+from fmlab.errors import FmlabError
+from fmlab.model.config import preset
+from fmlab.model.lora import lora_state_dict, mark_only_lora_trainable
+from fmlab.model.transformer import build_model
+from fmlab.train.loop import TrainConfig, lr_lambda, train
+from fmlab.train.losses import token_loss
 
 
 class Rows:

@@ -7,18 +7,20 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from crash_worker import Rows
-from fmlab.assets import load_model
-from fmlab.checkpoint import load_torch, read_adapter, save_adapter
-from fmlab.checkpointing import CheckpointManager
+
+from fmlab.checkpoints.apple_format import load_torch, read_adapter, save_adapter
+from fmlab.checkpoints.assets import load_model
+from fmlab.checkpoints.run_dir import CheckpointManager
 from fmlab.cli import main
-from fmlab.common import FmlabError, safe_name
-from fmlab.config import preset, to_tamm_json
-from fmlab.export import check_adapter_name
-from fmlab.lora import mark_only_lora_trainable
-from fmlab.model import build_model
-from fmlab.train import TrainConfig, token_loss, train
+from fmlab.errors import FmlabError
+from fmlab.export.package import check_adapter_name
+from fmlab.files import safe_name
+from fmlab.model.config import preset, to_tamm_json
+from fmlab.model.lora import mark_only_lora_trainable
+from fmlab.model.transformer import build_model
+from fmlab.train.loop import TrainConfig, train
+from fmlab.train.losses import token_loss
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fmlab"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
@@ -140,7 +142,7 @@ def test_export_adapter_name_cannot_leave_the_output_directory(tmp_path, capsys,
 
 
 def test_export_refuses_a_symlinked_package_pointing_elsewhere(tmp_path):
-    from fmlab.export import _check_replaceable
+    from fmlab.export.package import _check_replaceable
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

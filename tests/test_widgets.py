@@ -6,12 +6,14 @@ import time
 import pytest
 import torch
 
-from fmlab.build_assets import write_model_files
-from fmlab.checkpoint import save_adapter
+from fmlab.checkpoints.apple_format import save_adapter
 from fmlab.cli import main
-from fmlab.config import preset
-from fmlab.model import build_model
-from fmlab.widgets import ComparisonView, LiveLossPlot, plot_metrics, read_metrics, resolve_live
+from fmlab.lab.comparison_view import ComparisonView
+from fmlab.lab.frontend import resolve_live
+from fmlab.lab.loss_plot import LiveLossPlot, plot_metrics, read_metrics
+from fmlab.model.config import preset
+from fmlab.model.transformer import build_model
+from fmlab.tiny.build import write_model_files
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -62,7 +64,7 @@ def test_live_loss_plot_updates_one_display_in_a_kernel(monkeypatch):
 
 def test_live_is_off_outside_a_kernel_and_can_be_forced(monkeypatch):
     assert resolve_live(None) is False and resolve_live(True) is True
-    monkeypatch.setattr("fmlab.widgets.in_kernel", lambda: True)
+    monkeypatch.setattr("fmlab.lab.frontend.in_kernel", lambda: True)
     assert resolve_live(None) is True
     monkeypatch.setenv("FMLAB_WIDGETS", "static")
     assert resolve_live(None) is False

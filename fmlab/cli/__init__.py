@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..common import FmlabError
+from fmlab.errors import FmlabError
+
 from . import basics, export, inference, training
 
 COMMANDS = [basics, training, inference, export]

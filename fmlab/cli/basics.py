@@ -3,7 +3,18 @@ from __future__ import annotations
 
 import sys
 
-from ..common import FmlabError
+from fmlab.checkpoints.assets import BASE_CONFIG, assets_dir
+from fmlab.data.dataset import describe, tokenize_dataset
+from fmlab.data.tokenizer import Tokenizer
+from fmlab.data.validate import DataError, read_messages
+from fmlab.errors import FmlabError
+from fmlab.lab.demo import OUT, run_notebooks
+from fmlab.lab.demo_page import write_summary
+from fmlab.lab.doctor import FAIL, run_checks, table
+from fmlab.lab.environment import environment_report
+from fmlab.model.config import from_tamm_json, preset
+from fmlab.tiny.build import REPO_ASSETS, Recipe, build_assets
+from fmlab.train.memory import GiB, estimate_generation, estimate_training
 
 
 def add_info(sub):
@@ -13,7 +24,6 @@ def add_info(sub):
 
 
 def cmd_info(args):
-    from ..report import environment_report
 
     for key, value in environment_report(args.assets).items():
         print(f"{key:>16}: {value}")
@@ -28,7 +38,6 @@ def add_doctor(sub):
 
 
 def cmd_doctor(args):
-    from ..doctor import FAIL, run_checks, table
 
     checks = run_checks(args.assets, args.checkpoint_dir, args.keep_best)
     print(table(checks))
@@ -43,11 +52,8 @@ def add_demo(sub):
 
 
 def cmd_demo(args):
-    from ..demo import run_notebooks
 
-    from ..summary import write_summary
 
-    from ..demo import OUT
 
     timings = run_notebooks(smoke=args.smoke, only=args.only)
     for row in timings:
@@ -64,7 +70,6 @@ def add_build_assets(sub):
 
 
 def cmd_build_assets(args):
-    from ..build_assets import REPO_ASSETS, Recipe, build_assets
 
     manifest = build_assets(args.out or REPO_ASSETS, Recipe(seed=args.seed), work=args.work)
     print(f"built {manifest['name']} in {manifest['seconds']['total_s']:.0f} s; "
@@ -83,10 +88,6 @@ def add_estimate(sub):
 
 
 def cmd_estimate(args):
-    from ..assets import BASE_CONFIG
-    from ..common import assets_dir
-    from ..config import from_tamm_json, preset
-    from ..estimate import GiB, estimate_generation, estimate_training
 
     cfg = preset(args.preset) if args.preset else from_tamm_json(assets_dir(args.assets) / BASE_CONFIG)
     print(f"model: {cfg.num_layers} layers ({cfg.num_kv_reuse_layers} KV-reuse), hidden {cfg.hidden_dim}, "
@@ -119,9 +120,6 @@ def add_validate_data(sub):
 def cmd_validate_data(args):
     import warnings
 
-    from ..common import assets_dir
-    from ..data import DataError, describe, read_messages, tokenize_dataset
-    from ..tokenizer import Tokenizer
 
     if args.max_sequence_length is not None and args.max_sequence_length < 1:
         raise FmlabError(f"--max-sequence-length must be at least 1, got {args.max_sequence_length}")

@@ -1,6 +1,8 @@
 """export and verify-fmadapter: the .fmadapter package."""
 from __future__ import annotations
 
+from fmlab.export.package import export_fmadapter, package_sizes
+from fmlab.export.verify import verify_fmadapter
 
 # --- export (.fmadapter package and its verification) -----------------------------------------------
 
@@ -28,7 +30,6 @@ def add_export(sub):
 
 
 def cmd_export(args):
-    from ..export import export_fmadapter, package_sizes
 
     log = (lambda *_: None) if args.quiet else print
     path = export_fmadapter(args.output_dir, args.adapter_name, args.checkpoint, args.draft_checkpoint,
@@ -58,7 +59,6 @@ def add_verify_fmadapter(sub):
 def cmd_verify_fmadapter(args):
     import json
 
-    from ..verify import verify_fmadapter
 
     report = verify_fmadapter(args.path, args.checkpoint, args.draft_checkpoint, args.assets,
                               num_prompts=args.prompts, max_new_tokens=args.max_new_tokens)

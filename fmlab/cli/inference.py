@@ -3,9 +3,16 @@ from __future__ import annotations
 
 import sys
 
-from ..common import FmlabError
-from ..train import PRECISIONS
-
+from fmlab.checkpoints.assets import load_base, load_draft, load_tokenizer
+from fmlab.checkpoints.run_dir import best_checkpoint, read_manifest
+from fmlab.data.chat_template import GENERATION_PROMPT, encode_prompt
+from fmlab.data.validate import DataError, read_messages
+from fmlab.errors import FmlabError
+from fmlab.infer.generate import generate, stop_ids
+from fmlab.infer.sampling import Sampling
+from fmlab.infer.speculative import speculative_generate
+from fmlab.model.precision import PRECISIONS, resolve_device
+from fmlab.train.draft import resolve_adapter
 
 # --- generate (inference: base, adapter, speculative decoding) ------------------------------------
 
@@ -53,10 +60,8 @@ def _generate_prompts(tokenizer, prompt: str) -> list[tuple[str, list[int]]]:
     """(label, prompt ids) per prompt: a JSONL file, templated text, or one user turn."""
     from pathlib import Path
 
-    from ..chat import GENERATION_PROMPT, encode_prompt
 
     if prompt.endswith(".jsonl"):
-        from ..data import DataError, read_messages
 
         if not Path(prompt).is_file():
             raise FmlabError(f"{prompt}: no such prompt file (-p takes text or a .jsonl of message lists)")
@@ -85,7 +90,6 @@ def _draft_path(spec: str):
     """None for the assets' own draft ('default'), else a draft checkpoint file."""
     from pathlib import Path
 
-    from ..checkpointing import best_checkpoint, read_manifest
 
     if spec == "default":
         return None
@@ -105,11 +109,6 @@ def cmd_generate(args):
 
     import torch
 
-    from ..assets import load_base, load_draft, load_tokenizer
-    from ..common import resolve_device
-    from ..draft import resolve_adapter
-    from ..generate import generate, stop_ids
-    from ..sampling import Sampling
 
     _check_generate_flags(args)
     tokenizer = load_tokenizer(args.assets)
@@ -136,7 +135,6 @@ def cmd_generate(args):
                             "finish_reason": g.finish_reason, "ttft_s": g.ttft_s, "latency_s": g.latency_s,
                             "tokens_per_s": g.tokens_per_s})
     else:
-        from ..speculative import speculative_generate
 
         if args.batch_size > 1:
             print("note: speculative decoding runs one prompt at a time; --batch-size is ignored", file=sys.stderr)

@@ -1,9 +1,16 @@
 """train-adapter and train-draft: Apple's training flags over one training loop."""
 from __future__ import annotations
 
+from pathlib import Path
 
-from ..train import PRECISIONS
-
+from fmlab.checkpoints.assets import BASE_CONFIG, assets_dir
+from fmlab.data.validate import read_messages
+from fmlab.lab.loss_plot import LiveLossPlot
+from fmlab.model.config import LoRAConfig, from_tamm_json
+from fmlab.model.precision import PRECISIONS
+from fmlab.train.adapter import DataConfig, train_adapter
+from fmlab.train.draft import train_draft
+from fmlab.train.loop import TrainConfig
 
 # --- training (adapters and drafts share the loop and most flags) -----------------------------------
 
@@ -47,7 +54,6 @@ def _training_flags(p, draft: bool = False):
 
 
 def _train_config(args, prefix: str, precision: str, compile_model: bool, schedule: str, every_n: int):
-    from ..train import TrainConfig
 
     return TrainConfig(
         epochs=args.epochs, learning_rate=args.learning_rate, warmup_epochs=args.warmup_epochs,
@@ -60,7 +66,6 @@ def _train_config(args, prefix: str, precision: str, compile_model: bool, schedu
 
 
 def _data_config(args):
-    from ..adapter import DataConfig
 
     return DataConfig(args.max_sequence_length, args.pack_sequences, args.fixed_sized_sequences)
 
@@ -75,14 +80,9 @@ def add_train_adapter(sub):
 
 
 def cmd_train_adapter(args):
-    from ..adapter import train_adapter
-    from ..config import LoRAConfig
 
     lora = None
     if args.lora_rank or args.lora_alpha:
-        from ..assets import BASE_CONFIG
-        from ..common import assets_dir
-        from ..config import from_tamm_json
 
         base = from_tamm_json(assets_dir(args.assets) / BASE_CONFIG).lora or LoRAConfig()
         lora = LoRAConfig(rank=args.lora_rank or base.rank, alpha=args.lora_alpha or base.alpha)
@@ -119,13 +119,11 @@ def add_train_draft(sub):
 
 
 def cmd_train_draft(args):
-    from ..draft import train_draft
 
     config = _train_config(args, "draft-model", args.draft_precision, args.compile_draft_model, "constant", 1)
     prompts = None
     source = args.score_prompts or args.eval_data
     if source:
-        from ..data import read_messages
 
         prompts = [s.messages[:-1] if s.messages[-1]["role"] == "assistant" else s.messages
                    for s in read_messages(source, mode="train" if not args.score_prompts else "prompt")]
@@ -141,12 +139,6 @@ def cmd_train_draft(args):
 
 
 def _plot_callbacks(args):
-    try:
-        from ..widgets import LiveLossPlot
-    except ImportError:
-        return []
-    from pathlib import Path
-
     return [LiveLossPlot(path=getattr(args, "plot", None) or Path(args.checkpoint_dir) / "loss.png", live=False)]
 
 

@@ -1,0 +1,225 @@
+"""`fmlab doctor`: is this machine and this assets directory ready to train and export?
+
+Each check gives OK, WARN (works, with a caveat) or FAIL (a command will fail), and every WARN or FAIL
+comes with its fix. It never loads a model into memory: package versions come from their metadata,
+weights are checked key by key and shape by shape on a memory map, so it runs in seconds on Apple's 3B
+assets too (the checksums, when a manifest lists them, read each file once).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from fmlab.checkpoints.apple_format import (
+    _canonical,
+    _check_keys,
+    apple_key_map,
+    load_torch,
+)
+from fmlab.checkpoints.assets import REPO_ASSETS
+from fmlab.data.tokenizer import Tokenizer
+from fmlab.errors import FmlabError
+from fmlab.files import file_sha
+from fmlab.model.config import from_tamm_json
+from fmlab.model.precision import bf16_supported, resolve_device
+from fmlab.model.transformer import build_model
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+ASSET_FILES = ("base-model-config.json", "base-model.pt", "draft-model-config.json", "draft-model.pt",
+               "tokenizer.model")
+TEMPLATE_FILES = ("checkpoint_spec.yaml", "weights_template.bin", "draft.mil")
+
+# name: (minimum, below (exclusive), required, what needs it)
+PACKAGES = {
+    "torch": ("2.6", None, True, "everything"),
+    "numpy": (None, "2.4", True, "coremltools 9.0 breaks on numpy 2.4"),
+    "sentencepiece": ("0.2", None, True, "the tokenizer"),
+    "safetensors": ("0.4", None, True, "native adapter files"),
+    "coremltools": ("9.0", "9.1", False, "the Core ML draft in .fmadapter exports"),
+    "matplotlib": ("3.8", None, False, "loss plots"),
+    "pandas": ("2.1", None, False, "notebook tables"),
+    "ipywidgets": ("8.1", None, False, "live notebook widgets"),
+    "papermill": ("2.6", None, False, "make demo / make test (headless notebooks)"),
+}
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text.split("+")[0])[:3])
+
+
+def check_python() -> Check:
+    version = ".".join(map(str, sys.version_info[:3]))
+    if sys.version_info < (3, 11):  # noqa: UP036 (a checkout can be run by any python)
+        return Check("python", FAIL, version, "fmlab needs Python 3.11 or newer")
+    return Check("python", OK, version)
+
+
+def check_package(name: str) -> Check:
+    low, high, required, why = PACKAGES[name]
+    try:
+        version = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return Check(name, FAIL if required else WARN, f"not installed (needed for {why})", f"pip install {name}")
+    pin = ",".join(p for p in (low and f">={low}", high and f"<{high}") if p)
+    if (low and _version(version) < _version(low)) or (high and _version(version) >= _version(high)):
+        return Check(name, FAIL if required else WARN, f"{version}, need {pin} ({why})", f'pip install "{name}{pin}"')
+    return Check(name, OK, version)
+
+
+def check_devices() -> list[Check]:
+    import torch
+
+
+    rows = [Check("cpu", OK, f"{torch.get_num_threads()} threads, bf16 {'yes' if bf16_supported(torch.device('cpu')) else 'no'}")]
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        memory = torch.cuda.get_device_properties(0).total_memory / 2**30
+        bf16 = bf16_supported(torch.device("cuda"))
+        rows.append(Check("cuda", OK if bf16 else WARN, f"{name}, {memory:.0f} GiB, bf16 {'yes' if bf16 else 'no'}",
+                          "" if bf16 else "this GPU has no bf16: train with --precision f16-mixed or f32"))
+    else:
+        rows.append(Check("cuda", OK, "not available"))
+    mps = getattr(torch.backends, "mps", None)
+    rows.append(Check("mps", OK, "available" if mps and mps.is_available() else "not available"))
+    rows.append(Check("device in use", OK, str(resolve_device())))
+    return rows
+
+
+def planned_bytes(assets: Path, keep_best: int) -> dict[str, int]:
+    """Disk a full workflow writes: an adapter run (best N + final + a resume state with Adam's two
+    moments), a draft run likewise, and one export (fp16 adapter + draft)."""
+
+    cfg = from_tamm_json(assets / "base-model-config.json")
+    lora = sum(p.numel() for n, p in build_model(cfg, device="meta").named_parameters() if ".lora_" in n)
+    draft = (assets / "draft-model.pt").stat().st_size
+    return {"adapter run": 4 * lora * (keep_best + 1 + 3), "draft run": draft * (keep_best + 1 + 3),
+            "export": 2 * lora + draft}
+
+
+def check_disk(out_dir: Path, assets: Path, keep_best: int) -> Check:
+    existing = next(p for p in [out_dir, *out_dir.parents] if p.exists())
+    free = shutil.disk_usage(existing).free
+    try:
+        plan = planned_bytes(assets, keep_best)
+    except (FmlabError, OSError) as err:
+        return Check("disk space", WARN, f"{free / 2**30:.1f} GiB free at {existing}; no plan ({err})")
+    need = sum(plan.values())
+    detail = (f"{free / 2**30:.1f} GiB free at {existing}; a run writes about {need / 2**30:.2f} GiB ("
+              + ", ".join(f"{k} {v / 2**30:.2f}" for k, v in plan.items()) + f"; --keep-best {keep_best})")
+    if free < need:
+        return Check("disk space", FAIL, detail, "free space, choose another --checkpoint-dir or lower --keep-best")
+    if free < 2 * need:
+        return Check("disk space", WARN, detail, "little room to spare: a failed write stops the run")
+    return Check("disk space", OK, detail)
+
+
+def _check_weights(path: Path, config: Path) -> str | None:
+    """Keys and shapes of an Apple-layout weights file against its config, on a memory map."""
+
+    cfg = from_tamm_json(config)
+    raw = load_torch(path)
+    if not isinstance(raw, dict):
+        return f"{path}: holds a {type(raw).__name__}, not a state dict"
+    state = {_canonical(k): v for k, v in raw.items()}
+    entries = apple_key_map(cfg)
+    _check_keys(state, {_canonical(e.apple) for e in entries}, str(path))
+    reference = build_model(cfg, device="meta").state_dict()
+    for e in entries:
+        want = tuple(reference[e.fmlab].shape)
+        if e.rows is not None:
+            want = (e.rows.stop - e.rows.start, *want[1:])
+        got = tuple(state[_canonical(e.apple)].shape)
+        if got != want:
+            return f"{e.apple}: file {got} vs config {want}"
+    return None
+
+
+def check_assets(assets: Path) -> list[Check]:
+
+    fix = "point --assets (or FMLAB_ASSETS) at a complete assets directory, e.g. the toolkit's assets/"
+    if not assets.is_dir():
+        return [Check("assets", FAIL, f"{assets} is not a directory", fix)]
+    missing = [f for f in ASSET_FILES if not (assets / f).is_file()]
+    rows = [Check("assets files", FAIL if missing else OK,
+                  f"missing {', '.join(missing)} in {assets}" if missing else f"all present in {assets}", fix if missing else "")]
+    template = [f for f in TEMPLATE_FILES if (assets / f).is_file()]
+    rows.append(Check("draft template", OK if len(template) in (0, 3) else WARN,
+                      "present" if len(template) == 3 else "absent: exports carry the Core ML draft only"
+                      if not template else f"incomplete: only {', '.join(template)}",
+                      "" if len(template) in (0, 3) else f"copy all of {', '.join(TEMPLATE_FILES)}"))
+    rows += _check_manifest(assets)
+    configs = {}
+    for name in ("base-model-config.json", "draft-model-config.json"):
+        if (assets / name).is_file():
+            try:
+                configs[name] = from_tamm_json(assets / name)
+                rows.append(Check(name, OK, f"vocab {configs[name].vocab_size}, {configs[name].num_layers} layers"))
+            except FmlabError as err:
+                rows.append(Check(name, FAIL, str(err), fix))
+    if len(configs) == 2 and len({c.vocab_size for c in configs.values()}) == 2:
+        rows.append(Check("vocabularies", FAIL, "base and draft configs differ in vocab_size", fix))
+    if (assets / "tokenizer.model").is_file():
+        try:
+            tokenizer = Tokenizer.from_file(assets / "tokenizer.model")
+            base = configs.get("base-model-config.json")
+            if base and tokenizer.vocab_size > base.vocab_size:
+                raise FmlabError(f"{tokenizer.vocab_size} pieces but base vocab_size {base.vocab_size}")
+            rows.append(Check("tokenizer.model", OK, f"{tokenizer.vocab_size} pieces, special pieces present"))
+        except FmlabError as err:
+            rows.append(Check("tokenizer.model", FAIL, str(err), fix))
+    for weights, config in (("base-model.pt", "base-model-config.json"), ("draft-model.pt", "draft-model-config.json")):
+        if (assets / weights).is_file() and config in configs:
+            try:
+                problem = _check_weights(assets / weights, assets / config)
+            except FmlabError as err:
+                problem = str(err).replace("\n", " ")
+            rows.append(Check(weights, FAIL if problem else OK, problem or "keys and shapes match the config",
+                              fix if problem else ""))
+    return rows
+
+
+def _check_manifest(assets: Path) -> list[Check]:
+    path = assets / "manifest.json"
+    if not path.is_file():
+        return [Check("checksums", OK, "no manifest.json: nothing to check against (Apple's assets have none)")]
+    try:
+        files = json.loads(path.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as err:
+        return [Check("checksums", FAIL, f"{path}: unreadable ({err})", "rebuild with fmlab build-assets")]
+    bad = [name for name, info in files.items()
+           if not (assets / name).is_file() or (assets / name).stat().st_size != info.get("bytes")
+           or file_sha(assets / name) != info.get("sha256")]
+    if bad:
+        return [Check("checksums", FAIL, f"differ from manifest.json: {', '.join(bad)}",
+                      "restore the files (git checkout assets/) or rebuild them with fmlab build-assets")]
+    return [Check("checksums", OK, f"{len(files)} files match manifest.json")]
+
+
+def run_checks(assets: str | Path | None = None, out_dir: str | Path = "out", keep_best: int = 2) -> list[Check]:
+    assets = Path(assets or os.environ.get("FMLAB_ASSETS") or REPO_ASSETS).expanduser()
+    checks = [check_python(), *(check_package(name) for name in PACKAGES), *check_devices()]
+    checks += check_assets(assets)
+    checks.append(check_disk(Path(out_dir).expanduser().resolve(), assets, keep_best))
+    return checks
+
+
+def table(checks: list[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    lines = [f"{c.status:<5} {c.name:<{width}}  {c.detail}" + (f"\n{'':<{width + 8}}fix: {c.fix}" if c.fix else "")
+             for c in checks]
+    counts = {s: sum(c.status == s for c in checks) for s in (OK, WARN, FAIL)}
+    return "\n".join(lines) + f"\n\n{counts[OK]} ok, {counts[WARN]} warning(s), {counts[FAIL]} failure(s)"
