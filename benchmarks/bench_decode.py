@@ -15,6 +15,7 @@ Every side generates exactly N new tokens greedily from the same prompt (no earl
 
     python benchmarks/bench_decode.py [--tokens 128 --prompt 64 --repeats 5 --no-compile]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ GREEDY = Sampling(temperature=0.0)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def decode_vs_transformers(tokens: int, prompt_len: int, repeats: int, dtype: str = "fp32",
-                           compiled: bool = True) -> dict:
+def decode_vs_transformers(
+    tokens: int, prompt_len: int, repeats: int, dtype: str = "fp32", compiled: bool = True
+) -> dict:
     """tokens/s of fmlab and transformers (eager, and compiled unless `compiled` is False) in `dtype`."""
     cfg = llama_like()
     ours = build_model(cfg, seed=0).eval().to(DTYPES[dtype])
@@ -55,10 +57,18 @@ def decode_vs_transformers(tokens: int, prompt_len: int, repeats: int, dtype: st
 
         def run():
             with torch.inference_mode():
-                peer.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=tokens,
-                              min_new_tokens=tokens, do_sample=False, cache_implementation="static",
-                              pad_token_id=0)
+                peer.generate(
+                    prompt,
+                    attention_mask=torch.ones_like(prompt),
+                    max_new_tokens=tokens,
+                    min_new_tokens=tokens,
+                    do_sample=False,
+                    cache_implementation="static",
+                    pad_token_id=0,
+                )
+
         return run
+
     fns = {"fmlab eager": fmlab_run(False), "transformers eager": hf_run(False)}
     if compiled:
         fns |= {"fmlab compiled": fmlab_run(True), "transformers compiled": hf_run(True)}
@@ -78,8 +88,9 @@ def _embedded(assets=None, draft_checkpoint=None, adapter=None):
 
     tokenizer = load_tokenizer(assets)
     target, draft = load_base(assets, checkpoint=adapter), load_draft(assets, checkpoint=draft_checkpoint)
-    prompts = encode_prompts(tokenizer, [s.messages[:-1] for s in
-                                         read_messages(REPO_ASSETS.parent / "data" / "test.jsonl")[:4]])
+    prompts = encode_prompts(
+        tokenizer, [s.messages[:-1] for s in read_messages(REPO_ASSETS.parent / "data" / "test.jsonl")[:4]]
+    )
     return target, draft, prompts, stop_ids(tokenizer)
 
 
@@ -92,26 +103,36 @@ def draft_cost(tokens: int, repeats: int, compiled: bool, k: int = 5, assets=Non
     prompt = torch.tensor([prompts[0]])
 
     def steps(model, T):
-        def run():     # `tokens` calls of T tokens each, advancing one slot per call as decoding does
+        def run():  # `tokens` calls of T tokens each, advancing one slot per call as decoding does
             cache = new_cache(model, 1, prompt.shape[1] + tokens + k + 1, "f32", compiled)
             prefill(model, prompt, None, cache)
             ids = torch.full((1, T), 7)
             for _ in range(tokens):
                 extend(model, ids, cache, compiled)
                 cache.rollback(cache.end - T + 1)
+
         return run
+
     with torch.inference_mode():
-        for model, T in ((draft, 2), (target, 1)):          # the shapes the timed runs do not compile
+        for model, T in ((draft, 2), (target, 1)):  # the shapes the timed runs do not compile
             steps(model, T)()
-        times = interleaved({"draft": steps(draft, 1), "target": steps(target, 1),
-                             "target check": steps(target, k + 1)}, repeats=repeats, warmup=1)
-    per_token = {name: t / tokens * 1e3 for name, t in times.items()}           # ms per call
-    return {"ms_per_call": per_token, "draft_over_target": per_token["draft"] / per_token["target"],
-            "check_over_step": per_token["target check"] / per_token["target"], "k": k}
+        times = interleaved(
+            {"draft": steps(draft, 1), "target": steps(target, 1), "target check": steps(target, k + 1)},
+            repeats=repeats,
+            warmup=1,
+        )
+    per_token = {name: t / tokens * 1e3 for name, t in times.items()}  # ms per call
+    return {
+        "ms_per_call": per_token,
+        "draft_over_target": per_token["draft"] / per_token["target"],
+        "check_over_step": per_token["target check"] / per_token["target"],
+        "k": k,
+    }
 
 
-def speculative_speedup(tokens: int, repeats: int, assets=None, draft_checkpoint=None, adapter=None,
-                        k: int = 5, compiled: bool = False) -> dict:
+def speculative_speedup(
+    tokens: int, repeats: int, assets=None, draft_checkpoint=None, adapter=None, k: int = 5, compiled: bool = False
+) -> dict:
     """Plain vs speculative greedy decoding of the base (+ adapter) with the (distilled) draft, on
     held-out play prompts, both eager or both compiled; checks the outputs are identical."""
     from fmlab.infer.speculative import speculative_generate
@@ -120,17 +141,23 @@ def speculative_speedup(tokens: int, repeats: int, assets=None, draft_checkpoint
     outs = {}
 
     def plain():
-        outs["plain"] = [generate_ids(target, [p], stop, tokens, GREEDY, compile_model=compiled)[0][0]
-                         for p in prompts]
+        outs["plain"] = [generate_ids(target, [p], stop, tokens, GREEDY, compile_model=compiled)[0][0] for p in prompts]
 
     def spec():
-        results = [speculative_generate(target, draft, p, stop, tokens, k, GREEDY, compile_model=compiled)
-                   for p in prompts]
+        results = [
+            speculative_generate(target, draft, p, stop, tokens, k, GREEDY, compile_model=compiled) for p in prompts
+        ]
         outs["spec"] = [r[0] for r in results]
         outs["acceptance"] = sum(r[1]["accepted"] for r in results) / sum(r[1]["proposed"] for r in results)
+
     times = interleaved({"plain": plain, "speculative": spec}, repeats=repeats, warmup=2 if compiled else 1)
-    return {"speedup": times["plain"] / times["speculative"], "identical": outs["plain"] == outs["spec"],
-            "acceptance_rate": outs["acceptance"], "k": k, "compiled": compiled}
+    return {
+        "speedup": times["plain"] / times["speculative"],
+        "identical": outs["plain"] == outs["spec"],
+        "acceptance_rate": outs["acceptance"],
+        "k": k,
+        "compiled": compiled,
+    }
 
 
 def run(tokens=128, prompt=64, repeats=5, compiled=True, adapter=None, draft_checkpoint=None) -> dict:
@@ -140,16 +167,25 @@ def run(tokens=128, prompt=64, repeats=5, compiled=True, adapter=None, draft_che
         start = time.perf_counter()
         r = decode_vs_transformers(tokens, prompt, repeats, dtype, compiled)
         result["decode"].append(r)
-        print(f"decode {dtype}: " + ", ".join(f"{k} {v:,.0f} tok/s" for k, v in r["tokens_per_s"].items())
-              + "  → " + ", ".join(f"{k} {v:.2f}x" for k, v in r["ratio"].items())
-              + f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+        print(
+            f"decode {dtype}: "
+            + ", ".join(f"{k} {v:,.0f} tok/s" for k, v in r["tokens_per_s"].items())
+            + "  → "
+            + ", ".join(f"{k} {v:.2f}x" for k, v in r["ratio"].items())
+            + f"  ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
     for c in modes:
         result["draft_cost"].append(dict(draft_cost(tokens, repeats, c), compiled=c))
-        result["speculative"].append(speculative_speedup(tokens, repeats, adapter=adapter,
-                                                         draft_checkpoint=draft_checkpoint, compiled=c))
-        print(f"{'compiled' if c else 'eager'}: draft/target per token "
-              f"{result['draft_cost'][-1]['draft_over_target']:.3f}, speculative "
-              f"{result['speculative'][-1]['speedup']:.2f}x", flush=True)
+        result["speculative"].append(
+            speculative_speedup(tokens, repeats, adapter=adapter, draft_checkpoint=draft_checkpoint, compiled=c)
+        )
+        print(
+            f"{'compiled' if c else 'eager'}: draft/target per token "
+            f"{result['draft_cost'][-1]['draft_over_target']:.3f}, speculative "
+            f"{result['speculative'][-1]['speedup']:.2f}x",
+            flush=True,
+        )
     return result
 
 
@@ -162,5 +198,4 @@ if __name__ == "__main__":
     ap.add_argument("--adapter", help="adapter checkpoint for the target (e.g. out/adapter/adapter-final.pt)")
     ap.add_argument("--draft-checkpoint", help="distilled draft (e.g. out/draft/draft-model-final.pt)")
     a = ap.parse_args()
-    print(json.dumps(run(a.tokens, a.prompt, a.repeats, not a.no_compile, a.adapter, a.draft_checkpoint),
-                     indent=2))
+    print(json.dumps(run(a.tokens, a.prompt, a.repeats, not a.no_compile, a.adapter, a.draft_checkpoint), indent=2))

@@ -1,4 +1,4 @@
-"""Packing efficiency: Apple's greedy packing (afm-facts.md §5.4) against fmlab's best-fit decreasing.
+"""Packing efficiency: Apple's greedy packing (docs/afm-format.md §5.4) against fmlab's best-fit decreasing.
 
 Efficiency = real tokens / (rows × max length): the share of a fixed-size batch that is not padding, so
 the share of compute that trains. "unpacked" is one sample per row padded to the max length (Apple's
@@ -10,6 +10,7 @@ the share of compute that trains. "unpacked" is one sample per row padded to the
 The tokenizer is the assets directory's `tokenizer.model`; without one, a small one is trained on the
 dataset itself (into a temporary directory), which is enough to count tokens.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,12 @@ def main() -> None:
     parser.add_argument("data", nargs="?", default=None, help="chat JSONL (default: data/train.jsonl or sample)")
     parser.add_argument("--max-len", type=int, nargs="+", default=[4095, 1024])
     parser.add_argument("--assets", help="assets directory with tokenizer.model")
-    parser.add_argument("--synthetic", type=int, metavar="N",
-                        help="N lengths drawn from a log-normal (median 400 tokens, seed 0) instead of a file")
+    parser.add_argument(
+        "--synthetic",
+        type=int,
+        metavar="N",
+        help="N lengths drawn from a log-normal (median 400 tokens, seed 0) instead of a file",
+    )
     args = parser.parse_args()
 
     if args.synthetic:
@@ -67,8 +72,9 @@ def main() -> None:
         tokenizer, source = load_tokenizer(samples, args.assets)
         lengths = [len(s.input_ids) for s in tokenize_dataset(tokenizer, samples).samples]
         name = f"{path} ({len(samples)} samples)"
-    print(f"dataset: {name}, {sum(lengths)} tokens, longest {max(lengths)}; tokenizer: {source}; "
-          f"{platform.platform()}\n")
+    print(
+        f"dataset: {name}, {sum(lengths)} tokens, longest {max(lengths)}; tokenizer: {source}; {platform.platform()}\n"
+    )
     print("| max length | strategy | rows | efficiency | time (ms) |")
     print("|---:|---|---:|---:|---:|")
     for max_len in args.max_len:

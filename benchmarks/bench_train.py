@@ -8,6 +8,7 @@ and compiled, interleaved, median of repeats. Reported as tokens/s and the ratio
 
     python benchmarks/bench_train.py [--batch 8 --seq 512 --repeats 5 --no-compile]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,7 @@ from fmlab.train.losses import token_loss
 try:
     from benchmarks.llama import hf_llama, llama_like
     from benchmarks.timing import interleaved, machine
-except ImportError:      # run as a script
+except ImportError:  # run as a script
     from llama import hf_llama, llama_like
     from timing import interleaved, machine
 
@@ -34,7 +35,7 @@ except ImportError:      # run as a script
 def fmlab_step(cfg, batch, compile_model: bool):
     model = build_model(cfg, seed=0)
     mark_only_lora_trainable(model)
-    cast_frozen(model, torch.bfloat16)          # fmlab's bf16-mixed: frozen weights stored in bf16
+    cast_frozen(model, torch.bfloat16)  # fmlab's bf16-mixed: frozen weights stored in bf16
     run = torch.compile(model) if compile_model else model
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     fm_batch = {"input_ids": batch["input_ids"], "label_ids": batch["shifted"]}
@@ -45,15 +46,22 @@ def fmlab_step(cfg, batch, compile_model: bool):
             (loss / n).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
     return step
 
 
 def peft_step(cfg, batch, compile_model: bool):
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(hf_llama(cfg), LoraConfig(
-        r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model = get_peft_model(
+        hf_llama(cfg),
+        LoraConfig(
+            r=cfg.lora.rank,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
     run = torch.compile(model) if compile_model else model
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
@@ -63,6 +71,7 @@ def peft_step(cfg, batch, compile_model: bool):
             out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
     return step
 
 
@@ -70,9 +79,9 @@ def make_batch(vocab: int, batch: int, seq: int, prompt_fraction: float = 0.3):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, vocab, (batch, seq), generator=g)
     labels = ids.clone()
-    labels[:, :int(seq * prompt_fraction)] = -100          # assistant-only loss, as in adapter training
+    labels[:, : int(seq * prompt_fraction)] = -100  # assistant-only loss, as in adapter training
     shifted = torch.full_like(labels, -100)
-    shifted[:, :-1] = labels[:, 1:]                        # fmlab/Apple labels are pre-shifted
+    shifted[:, :-1] = labels[:, 1:]  # fmlab/Apple labels are pre-shifted
     return {"input_ids": ids, "labels": labels, "shifted": shifted}
 
 
@@ -85,13 +94,22 @@ def run(batch_size=8, seq=512, repeats=5, modes=("eager", "compiled")) -> dict:
     results = {"machine": machine(), "batch": batch_size, "seq": seq, "modes": {}}
     for mode in modes:
         compiled = mode == "compiled"
-        times = interleaved({"fmlab": fmlab_step(llama, batch, compiled),
-                             "fmlab (AFM default)": fmlab_step(afm, batch, compiled),
-                             "transformers+peft": peft_step(llama, batch, compiled)}, repeats=repeats)
+        times = interleaved(
+            {
+                "fmlab": fmlab_step(llama, batch, compiled),
+                "fmlab (AFM default)": fmlab_step(afm, batch, compiled),
+                "transformers+peft": peft_step(llama, batch, compiled),
+            },
+            repeats=repeats,
+        )
         tps = {k: tokens / v for k, v in times.items()}
         results["modes"][mode] = {"tokens_per_s": tps, "ratio": tps["fmlab"] / tps["transformers+peft"]}
-        print(f"{mode}: " + ", ".join(f"{k} {v:,.0f} tok/s" for k, v in tps.items())
-              + f"  → fmlab / peer = {results['modes'][mode]['ratio']:.2f}x", flush=True)
+        print(
+            f"{mode}: "
+            + ", ".join(f"{k} {v:,.0f} tok/s" for k, v in tps.items())
+            + f"  → fmlab / peer = {results['modes'][mode]['ratio']:.2f}x",
+            flush=True,
+        )
     return results
 
 
@@ -102,5 +120,4 @@ if __name__ == "__main__":
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-compile", action="store_true")
     a = ap.parse_args()
-    print(json.dumps(run(a.batch, a.seq, a.repeats, ("eager",) if a.no_compile else ("eager", "compiled")),
-                     indent=2))
+    print(json.dumps(run(a.batch, a.seq, a.repeats, ("eager",) if a.no_compile else ("eager", "compiled")), indent=2))

@@ -5,6 +5,7 @@
 Each figure is a ratio measured in one run on one machine (recorded at the top). Run it on an idle
 machine: these CPUs are noisy and a second job on the cores invalidates every number.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,38 +65,58 @@ def bar_plot(path: Path, title: str, values: dict[str, float], unit: str):
 
 
 def decode_section(decode: dict) -> list[str]:
-    lines = ["## Batch-1 decoding (128 new tokens after a 64-token prompt, greedy)", "",
-             "Same Llama-style weights on both sides, cast to the row's dtype. Compiled: fmlab's "
-             "`compile_model=True` against transformers' static-cache recipe (`model.forward = "
-             "torch.compile(model.forward, mode=\"reduce-overhead\", fullgraph=True)`).", "",
-             "| dtype | mode | fmlab | transformers `generate` (static cache) | fmlab / peer |",
-             "|---|---|---:|---:|---:|"]
+    lines = [
+        "## Batch-1 decoding (128 new tokens after a 64-token prompt, greedy)",
+        "",
+        "Same Llama-style weights on both sides, cast to the row's dtype. Compiled: fmlab's "
+        "`compile_model=True` against transformers' static-cache recipe (`model.forward = "
+        'torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)`).',
+        "",
+        "| dtype | mode | fmlab | transformers `generate` (static cache) | fmlab / peer |",
+        "|---|---|---:|---:|---:|",
+    ]
     plot = {}
     for r in decode["decode"]:
         t = r["tokens_per_s"]
         for mode in ("eager", "compiled"):
             if f"fmlab {mode}" in t:
-                lines.append(f"| {r['dtype']} | {mode} | {t[f'fmlab {mode}']:,.0f} tok/s | "
-                             f"{t[f'transformers {mode}']:,.0f} tok/s | **{r['ratio'][mode]:.2f}×** |")
+                lines.append(
+                    f"| {r['dtype']} | {mode} | {t[f'fmlab {mode}']:,.0f} tok/s | "
+                    f"{t[f'transformers {mode}']:,.0f} tok/s | **{r['ratio'][mode]:.2f}×** |"
+                )
                 plot[f"fmlab {mode} {r['dtype']}"] = t[f"fmlab {mode}"]
                 plot[f"transformers {mode} {r['dtype']}"] = t[f"transformers {mode}"]
         if "fmlab compiled / transformers eager" in r["ratio"]:
-            lines.append(f"| {r['dtype']} | fmlab compiled / transformers eager | | | "
-                         f"{r['ratio']['fmlab compiled / transformers eager']:.2f}× |")
+            lines.append(
+                f"| {r['dtype']} | fmlab compiled / transformers eager | | | "
+                f"{r['ratio']['fmlab compiled / transformers eager']:.2f}× |"
+            )
     bar_plot(HERE / "decode.png", "batch-1 decode", plot, "tokens/s")
-    lines += ["", "![decode](decode.png)", "",
-              "## Speculative decoding (embedded base + shipped draft, k=5, T=0)", "",
-              "A round costs k draft steps and one target check of k + 1 tokens; per call, in the same loop:", "",
-              "| mode | draft step | target step | draft / target | target check (k+1) / target step |",
-              "|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "![decode](decode.png)",
+        "",
+        "## Speculative decoding (embedded base + shipped draft, k=5, T=0)",
+        "",
+        "A round costs k draft steps and one target check of k + 1 tokens; per call, in the same loop:",
+        "",
+        "| mode | draft step | target step | draft / target | target check (k+1) / target step |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for r in decode["draft_cost"]:
         ms = r["ms_per_call"]
-        lines.append(f"| {'compiled' if r['compiled'] else 'eager'} | {ms['draft']:.2f} ms | {ms['target']:.2f} ms | "
-                     f"**{r['draft_over_target']:.3f}** | {r['check_over_step']:.2f} |")
+        lines.append(
+            f"| {'compiled' if r['compiled'] else 'eager'} | {ms['draft']:.2f} ms | {ms['target']:.2f} ms | "
+            f"**{r['draft_over_target']:.3f}** | {r['check_over_step']:.2f} |"
+        )
     lines += [""] + speculative_table(decode["speculative"])
     if decode.get("distilled"):
-        lines += ["", "With the best distilled draft of `make demo` (notebook 04's run `out/draft`, best by acceptance) "
-                  "for its teacher, the base + notebook 02's best adapter, on the same held-out play prompts:", ""]
+        lines += [
+            "",
+            "With the best distilled draft of `make demo` (notebook 04's run `out/draft`, best by acceptance) "
+            "for its teacher, the base + notebook 02's best adapter, on the same held-out play prompts:",
+            "",
+        ]
         lines += speculative_table(decode["distilled"])
     else:
         lines += ["", "Run `make demo` first to add the distilled draft of notebook 04 to this section."]
@@ -104,10 +125,15 @@ def decode_section(decode: dict) -> list[str]:
 
 
 def speculative_table(results: list[dict]) -> list[str]:
-    lines = ["| mode | speedup over plain decoding (same mode) | acceptance rate | output identical |", "|---|---:|---:|---|"]
+    lines = [
+        "| mode | speedup over plain decoding (same mode) | acceptance rate | output identical |",
+        "|---|---:|---:|---|",
+    ]
     for r in results:
-        lines.append(f"| {'compiled' if r['compiled'] else 'eager'} | **{r['speedup']:.2f}×** | "
-                     f"{r['acceptance_rate']:.3f} | {r['identical']} |")
+        lines.append(
+            f"| {'compiled' if r['compiled'] else 'eager'} | **{r['speedup']:.2f}×** | "
+            f"{r['acceptance_rate']:.3f} | {r['identical']} |"
+        )
     return lines
 
 
@@ -121,8 +147,10 @@ def distilled_speculative(repeats: int, compiled: bool) -> list[dict]:
     if not ((out / "draft" / "checkpoints.json").exists() and (out / "adapter" / "checkpoints.json").exists()):
         return []
     draft, adapter = resolve_checkpoint(out / "draft", draft=True), best_checkpoint(out / "adapter")
-    return [speculative_speedup(128, repeats, adapter=adapter, draft_checkpoint=draft, compiled=c)
-            for c in ((False, True) if compiled else (False,))]
+    return [
+        speculative_speedup(128, repeats, adapter=adapter, draft_checkpoint=draft, compiled=c)
+        for c in ((False, True) if compiled else (False,))
+    ]
 
 
 def main(quick: bool = False):
@@ -130,17 +158,27 @@ def main(quick: bool = False):
     from benchmarks.timing import machine
 
     repeats = 3 if quick else 5
-    lines = ["# fmlab benchmarks", "", f"Machine: {machine()}. Generated by `python -m benchmarks.run_all`.",
-             "Every ratio compares two measurements taken in the same run, interleaved, median of "
-             f"{repeats} repeats after warm-up.", ""]
+    lines = [
+        "# fmlab benchmarks",
+        "",
+        f"Machine: {machine()}. Generated by `python -m benchmarks.run_all`.",
+        "Every ratio compares two measurements taken in the same run, interleaved, median of "
+        f"{repeats} repeats after warm-up.",
+        "",
+    ]
     train = bench_train.run(repeats=repeats, modes=("eager",) if quick else ("eager", "compiled"))
-    lines += ["## LoRA training throughput (tokens/s, batch 8 × 512, bf16 autocast)", "",
-              "| mode | fmlab | fmlab (AFM default: KV-reuse layers) | transformers + peft | fmlab / peer |",
-              "|---|---:|---:|---:|---:|"]
+    lines += [
+        "## LoRA training throughput (tokens/s, batch 8 × 512, bf16 autocast)",
+        "",
+        "| mode | fmlab | fmlab (AFM default: KV-reuse layers) | transformers + peft | fmlab / peer |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for mode, r in train["modes"].items():
         t = r["tokens_per_s"]
-        lines.append(f"| {mode} | {t['fmlab']:,.0f} | {t['fmlab (AFM default)']:,.0f} | "
-                     f"{t['transformers+peft']:,.0f} | **{r['ratio']:.2f}×** |")
+        lines.append(
+            f"| {mode} | {t['fmlab']:,.0f} | {t['fmlab (AFM default)']:,.0f} | "
+            f"{t['transformers+peft']:,.0f} | **{r['ratio']:.2f}×** |"
+        )
         bar_plot(HERE / f"train_{mode}.png", f"LoRA training, {mode}", t, "tokens/s")
     lines += ["", "![training eager](train_eager.png)", ""]
     decode = bench_decode.run(128, 64, repeats, compiled=not quick)
@@ -148,8 +186,14 @@ def main(quick: bool = False):
     lines += decode_section(decode)
     lines += ["## Packing efficiency (toy dataset)", "", packing(), ""]
     exp = export_timing()
-    lines += ["## Export (fmlab-tiny, zero adapter + shipped draft)", "",
-              f"Package written and palettised in {exp['seconds']:.1f} s.", "", "| file | bytes |", "|---|---:|"]
+    lines += [
+        "## Export (fmlab-tiny, zero adapter + shipped draft)",
+        "",
+        f"Package written and palettised in {exp['seconds']:.1f} s.",
+        "",
+        "| file | bytes |",
+        "|---|---:|",
+    ]
     lines += [f"| {name} | {size:,} |" for name, size in sorted(exp["sizes"].items())]
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,5 +1,6 @@
 """Shared benchmark helpers: the machine description and fair side-by-side timing
 (warm-up first, interleaved repeats, the median)."""
+
 from __future__ import annotations
 
 import platform

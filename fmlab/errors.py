@@ -1,4 +1,5 @@
 """The one error type a user can fix; every module raises it with what, where and how to fix."""
+
 from __future__ import annotations
 
 

@@ -1,4 +1,5 @@
 """Files written so that a crash never leaves half of one: atomic writes, checksums, safe names."""
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,10 @@ def safe_name(name: str, what: str = "name") -> str:
     """A file name component from the user (an adapter name, a checkpoint prefix): one plain name, so
     that joining it to an output directory can never point outside it."""
     if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
-        raise FmlabError(f"{what} {name!r} is not a plain file name: no '/', '\\', NUL, or leading '.' "
-                         f"(it must not point outside the output directory)")
+        raise FmlabError(
+            f"{what} {name!r} is not a plain file name: no '/', '\\', NUL, or leading '.' "
+            f"(it must not point outside the output directory)"
+        )
     return name
 
 
@@ -55,7 +58,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
         raise FmlabError(f"cannot write {path}: {err.strerror or err}") from err
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)           # mkstemp makes 0600; give the file normal permissions
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -68,8 +71,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
         cause = _os_error(err) if isinstance(err, Exception) else None
         if cause is not None:
             kept = "the previous file is kept" if path.exists() else "nothing was written"
-            raise FmlabError(f"writing {path} failed: {cause.strerror or cause} ({kept}); free space or "
-                             f"fix permissions and run again (a training run: add --resume)") from err
+            raise FmlabError(
+                f"writing {path} failed: {cause.strerror or cause} ({kept}); free space or "
+                f"fix permissions and run again (a training run: add --resume)"
+            ) from err
         raise
 
 

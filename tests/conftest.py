@@ -1,4 +1,5 @@
 """Shared tiny fixtures. Everything is hermetic: models are random-initialised from presets."""
+
 import pytest
 import torch
 
@@ -41,10 +42,12 @@ def tiny_chat_corpus(n: int = 300) -> list[str]:
     from fmlab.data.chat_template import render_text
 
     rng = random.Random(0)
-    words = ("the a an of to and in is it you that he was for on are with as I his they be at one have this "
-             "from or had by word but what some we can out other were all there when up use your how said "
-             "scene act play king queen castle night enter exit speak love why where 0 1 2 3 4 5 6 7 8 9 "
-             "name weather city today json tool call result").split()
+    words = (
+        "the a an of to and in is it you that he was for on are with as I his they be at one have this "
+        "from or had by word but what some we can out other were all there when up use your how said "
+        "scene act play king queen castle night enter exit speak love why where 0 1 2 3 4 5 6 7 8 9 "
+        "name weather city today json tool call result"
+    ).split()
     texts = []
     for i in range(n):
         line = lambda k: " ".join(rng.choice(words) for _ in range(k)).capitalize() + rng.choice(".?!")

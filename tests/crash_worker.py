@@ -8,6 +8,7 @@ SPEC is where the process kills itself (a real SIGKILL: no cleanup, no exception
   rename:NAME:N  right after the N-th NAME is renamed into place (before its manifest entry is written)
   slow           never: sleep after every step, so the test can kill it from outside at any moment
 """
+
 import os
 import signal
 import sys
@@ -37,7 +38,7 @@ class Rows:
             ids = torch.randint(2, vocab, (length,), generator=g)
             ids[0] = 1
             labels = torch.full((length,), -100)
-            labels[length // 2:-1] = ids[length // 2 + 1:]
+            labels[length // 2 : -1] = ids[length // 2 + 1 :]
             self.rows.append((ids, labels))
 
     def __len__(self):
@@ -46,11 +47,11 @@ class Rows:
     def epoch(self, n):
         order = torch.randperm(len(self.rows), generator=torch.Generator().manual_seed(100 + n)).tolist()
         for b in range(len(self)):
-            rows = [self.rows[i] for i in order[b * self.batch_size:(b + 1) * self.batch_size]]
+            rows = [self.rows[i] for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
             T = max(len(r[0]) for r in rows)
             ids, labels = torch.zeros(len(rows), T, dtype=torch.long), torch.full((len(rows), T), -100)
             for i, (x, y) in enumerate(rows):
-                ids[i, :len(x)], labels[i, :len(y)] = x, y
+                ids[i, : len(x)], labels[i, : len(y)] = x, y
             yield {"input_ids": ids, "label_ids": labels, "segment_ids": torch.where(ids == 0, 0, 2)}
 
 
@@ -61,8 +62,17 @@ def run(out_dir, resume=False, callbacks=()):
         model.embedding.weight.mul_(25)
     mark_only_lora_trainable(model)
     data = Rows()
-    return train(model, token_loss, data, list(Rows(n=4, seed=1).epoch(0)), TrainConfig(**CONFIG), out_dir,
-                 callbacks=callbacks, resume=resume, save_every=SAVE_EVERY)
+    return train(
+        model,
+        token_loss,
+        data,
+        list(Rows(n=4, seed=1).epoch(0)),
+        TrainConfig(**CONFIG),
+        out_dir,
+        callbacks=callbacks,
+        resume=resume,
+        save_every=SAVE_EVERY,
+    )
 
 
 def die():
@@ -98,7 +108,7 @@ def arm_write_kill(name: str, nth: int, after_rename: bool):
         if not after_rename and target(path):
             count[0] += 1
             if count[0] == nth:
-                os.ftruncate(fd, os.fstat(fd).st_size // 2)     # half the bytes reached the disk
+                os.ftruncate(fd, os.fstat(fd).st_size // 2)  # half the bytes reached the disk
                 die()
         return real_fsync(fd)
 

@@ -1,5 +1,6 @@
 """The shipped embedded default (assets/): files match the manifest, configs build the AFM architecture,
 the base chats coherently but does not know plays, the draft is much cheaper."""
+
 import json
 
 import pytest
@@ -42,9 +43,10 @@ def test_draft_is_several_times_cheaper():
     base, draft = (from_tamm_json(REPO_ASSETS / f) for f in ("base-model-config.json", "draft-model-config.json"))
     from fmlab.model.transformer import build_model
 
-    def per_token(cfg):      # matmul parameters touched per token, the embedding lookup excluded
+    def per_token(cfg):  # matmul parameters touched per token, the embedding lookup excluded
         counts = count_parameters(build_model(cfg, device="meta"))
-        return counts["segment_0"] + counts["segment_1"] + counts["embedding"]   # tied head
+        return counts["segment_0"] + counts["segment_1"] + counts["embedding"]  # tied head
+
     assert per_token(base) > 3 * per_token(draft)
     assert base.num_layers >= 3 * draft.num_layers
 

@@ -1,5 +1,6 @@
 """The chunked causal attention equals SDPA: values and gradients, plain causal and document-masked, GQA,
 sequence lengths that are not a multiple of the chunk."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,10 +19,10 @@ def _qkv(T, B=2, H=4, KV=2, hd=16, seed=0):
 def test_chunked_attention_equals_sdpa(T, chunk, packed):
     q, k, v = _qkv(T)
     mask = None
-    if packed:     # two documents and right padding in row 0; one document in row 1
+    if packed:  # two documents and right padding in row 0; one document in row 1
         seg = torch.ones(2, T, dtype=torch.long)
-        seg[0, T // 3:] = 2
-        seg[0, T - 3:] = 0
+        seg[0, T // 3 :] = 2
+        seg[0, T - 3 :] = 0
         mask = layout_from_segments(seg, 2, T, "cpu")[1]
     ours = causal_attention_by_chunks(q, k, v, mask, chunk=chunk)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
@@ -37,4 +38,4 @@ def test_chunked_attention_in_bf16_stays_within_rounding():
     q, k, v = (t.detach().to(torch.bfloat16) for t in _qkv(100, hd=64))
     ours = causal_attention_by_chunks(q, k, v).float()
     ref = F.scaled_dot_product_attention(*(t.float() for t in (q, k, v)), is_causal=True, enable_gqa=True)
-    assert (ours - ref).abs().max() < 0.02            # bf16 has 8 bits of mantissa: ~2 ulps at |x| ~ 1
+    assert (ours - ref).abs().max() < 0.02  # bf16 has 8 bits of mantissa: ~2 ulps at |x| ~ 1

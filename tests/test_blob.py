@@ -1,4 +1,5 @@
-"""MIL blob storage: round trips, the byte layout of afm-facts.md §8.2, and coremltools' own writer/reader."""
+"""MIL blob storage: round trips, the byte layout of docs/afm-format.md §8.2, and coremltools' own writer/reader."""
+
 import struct
 
 import numpy as np
@@ -43,15 +44,15 @@ def test_byte_layout_matches_the_spec(tmp_path):
     reserved`; data right after its 64-byte record; records 64-aligned; no trailing padding."""
     path = tmp_path / "w.bin"
     with BlobWriter(path) as w:
-        w.write(np.arange(5, dtype=np.float16), "fp16")       # 10 bytes
-        w.write(np.array([-8, 7, 1, 2, -1]), "int4")          # 3 bytes, 4 padding bits
+        w.write(np.arange(5, dtype=np.float16), "fp16")  # 10 bytes
+        w.write(np.array([-8, 7, 1, 2, -1]), "int4")  # 3 bytes, 4 padding bits
     raw = path.read_bytes()
     assert struct.unpack("<II7Q", raw[:64]) == (2, 2, 0, 0, 0, 0, 0, 0, 0)
     assert struct.unpack("<IIQQ5Q", raw[64:128]) == (0xDEADBEEF, 1, 10, 128, 0, 0, 0, 0, 0)
     assert raw[128:138] == np.arange(5, dtype="<f2").tobytes()
-    assert raw[138:192] == bytes(54)                            # padding up to the next 64-byte boundary
+    assert raw[138:192] == bytes(54)  # padding up to the next 64-byte boundary
     assert struct.unpack("<IIQQ5Q", raw[192:256]) == (0xDEADBEEF, 8, 3, 256, 4, 0, 0, 0, 0)
-    assert raw[256:] == bytes([0x78, 0x21, 0x0F])             # int4, low nibble first
+    assert raw[256:] == bytes([0x78, 0x21, 0x0F])  # int4, low nibble first
     assert len(raw) == 259
 
 
@@ -69,7 +70,7 @@ def test_identical_to_coremltools_writer_and_readable_by_its_reader(tmp_path):
     for name in ("uint1", "uint2", "uint3", "uint4", "uint6", "uint8"):
         write[name] = lambda v, f=getattr(theirs, f"write_{name}_data"): f(v.astype(np.uint8))  # noqa: B008
     their_offsets = [write[dtype](np.asarray(values)) for dtype, values in SAMPLES]
-    del theirs, write                                           # the destructor finishes the file
+    del theirs, write  # the destructor finishes the file
     our_offsets = write_samples(tmp_path / "ours.bin")
     assert our_offsets == their_offsets
     assert (tmp_path / "ours.bin").read_bytes() == (tmp_path / "theirs.bin").read_bytes()
@@ -105,7 +106,7 @@ def test_overwrite_in_place_checks_dtype_and_size(tmp_path):
         with pytest.raises(FmlabError, match="sentinel"):
             overwrite_blob(f, offsets[1] + 64, np.zeros(33), "int4")
     np.testing.assert_array_equal(read_blob(path, offsets[1]), np.full(33, -3))
-    np.testing.assert_array_equal(read_blob(path, offsets[2]), SAMPLES[2][1])      # neighbours untouched
+    np.testing.assert_array_equal(read_blob(path, offsets[2]), SAMPLES[2][1])  # neighbours untouched
 
 
 def test_out_of_range_sub_byte_values_are_errors(tmp_path):

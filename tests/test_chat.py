@@ -1,4 +1,5 @@
 """Chat template V6: exact text and ids, labels and their shift, prompt/training parity, tools and formats."""
+
 import json
 
 import pytest
@@ -17,8 +18,10 @@ from fmlab.lab.loss_mask import loss_mask_html
 
 USER = {"role": "user", "content": "Write a scene."}
 ASSISTANT = {"role": "assistant", "content": "KING: Enter.\nQUEEN: Exit."}
-WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather <now> & 'later'",
-                                                 "parameters": {"type": "object"}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {"name": "get_weather", "description": "Weather <now> & 'later'", "parameters": {"type": "object"}},
+}
 
 
 def trained_text(tok, ids, labels):
@@ -32,8 +35,7 @@ def test_render_text_is_v6_with_default_system():
         "<turn_start> assistant<n>KING: Enter.\nQUEEN: Exit.<turn_end>"
     )
     assert render_text([{"role": "system", "content": "Be brief."}, USER], add_generation_prompt=True) == (
-        "<turn_start> system<n>Be brief.<turn_end><turn_start> user<n>Write a scene.<turn_end>"
-        "<turn_start> assistant<n>"
+        "<turn_start> system<n>Be brief.<turn_end><turn_start> user<n>Write a scene.<turn_end><turn_start> assistant<n>"
     )
 
 
@@ -69,18 +71,28 @@ def test_labels_are_assistant_content_plus_turn_end_shifted_left(tiny_tokenizer)
 
 def test_every_assistant_turn_is_trained(tiny_tokenizer):
     tok = tiny_tokenizer
-    messages = [USER, {"role": "assistant", "content": "One."}, {"role": "user", "content": "Again."},
-                {"role": "assistant", "content": "Two."}]
+    messages = [
+        USER,
+        {"role": "assistant", "content": "One."},
+        {"role": "user", "content": "Again."},
+        {"role": "assistant", "content": "Two."},
+    ]
     ids, labels = encode_chat(tok, messages)
     assert trained_text(tok, ids, labels) == "One.<turn_end>Two.<turn_end>"
     assert sum(label == tok.turn_end_id for label in labels) == 2
 
 
-@pytest.mark.parametrize("messages,tools", [
-    ([USER], None),
-    ([{"role": "system", "content": "Be brief."}, USER, ASSISTANT, {"role": "user", "content": "More\nplease"}], None),
-    ([USER], [WEATHER_TOOL]),
-])
+@pytest.mark.parametrize(
+    "messages,tools",
+    [
+        ([USER], None),
+        (
+            [{"role": "system", "content": "Be brief."}, USER, ASSISTANT, {"role": "user", "content": "More\nplease"}],
+            None,
+        ),
+        ([USER], [WEATHER_TOOL]),
+    ],
+)
 def test_prompt_ids_are_a_prefix_of_training_ids(tiny_tokenizer, messages, tools):
     prompt = encode_prompt(tiny_tokenizer, messages, tools)
     ids, labels = encode_chat(tiny_tokenizer, messages + [ASSISTANT], tools)
@@ -99,26 +111,37 @@ def test_max_len_truncates_ids_and_labels(tiny_tokenizer):
 
 def test_tools_go_into_the_system_turn_as_tojson():
     text = render_text([USER], tools=[WEATHER_TOOL, {"name": "b"}])
-    assert f"{DEFAULT_SYSTEM}<n>system tools: {tojson(WEATHER_TOOL)}<n>{{\"name\": \"b\"}}<turn_end>" in text
+    assert f'{DEFAULT_SYSTEM}<n>system tools: {tojson(WEATHER_TOOL)}<n>{{"name": "b"}}<turn_end>' in text
     # Jinja's tojson: sorted keys, HTML-safe escapes.
     assert tojson({"b": "<x> & 'y'", "a": 1}) == '{"a": 1, "b": "\\u003cx\\u003e \\u0026 \\u0027y\\u0027"}'
 
 
 def test_tool_calls_and_tool_results(tiny_tokenizer):
     call = {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
-    messages = [USER, {"role": "assistant", "content": "", "tool_calls": [call]},
-                {"role": "function", "content": {"temp": 18}}, {"role": "assistant", "content": "Warm."}]
+    messages = [
+        USER,
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "function", "content": {"temp": 18}},
+        {"role": "assistant", "content": "Warm."},
+    ]
     text = render_text(messages)
-    assert ("<turn_start> assistant<n><executable_start> ```function\n"
-            '[{"name": "get_weather", "arguments": {"city": "Paris"}}]```<executable_end><turn_end>') in text
+    assert (
+        "<turn_start> assistant<n><executable_start> ```function\n"
+        '[{"name": "get_weather", "arguments": {"city": "Paris"}}]```<executable_end><turn_end>'
+    ) in text
     assert '<turn_start> tool<n>{"temp": 18}<turn_end>' in text
     tok = tiny_tokenizer
     ids, labels = encode_chat(tok, messages)
     trained = trained_text(tok, ids, labels)
     assert trained.startswith("<executable_start>") and trained.endswith("Warm.<turn_end>")
     assert "temp" not in trained  # the tool result is context, not a target
-    listed = render_text([USER, {"role": "assistant", "content": "x", "tool_calls": [{"name": "a", "arguments": {}}]},
-                          {"role": "tool", "content": [{"name": "t1"}, {"name": "t2"}]}])
+    listed = render_text(
+        [
+            USER,
+            {"role": "assistant", "content": "x", "tool_calls": [{"name": "a", "arguments": {}}]},
+            {"role": "tool", "content": [{"name": "t1"}, {"name": "t2"}]},
+        ]
+    )
     assert 'new tools: {"name": "t1"}\n{"name": "t2"}<turn_end>' in listed
 
 
@@ -126,8 +149,10 @@ def test_response_format_is_appended_to_the_message():
     schema = {"type": "object", "properties": {"cast": {"type": "array"}}}
     fmt = {"type": "json_schema", "json_schema": {"name": "Cast", "description": "The cast", "schema": schema}}
     text = render_text([{**USER, "response_format": fmt}])
-    assert (f"<turn_start> user<n>Write a scene.\n\nresponse format in json.\nname: Cast\ndescription: The cast\n"
-            f"schema: {json.dumps(schema)}<turn_end>") in text
+    assert (
+        f"<turn_start> user<n>Write a scene.\n\nresponse format in json.\nname: Cast\ndescription: The cast\n"
+        f"schema: {json.dumps(schema)}<turn_end>"
+    ) in text
     with pytest.raises(FmlabError, match="json_schema"):
         render_text([{**USER, "response_format": {"type": "json_object"}}])
 

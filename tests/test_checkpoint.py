@@ -1,4 +1,5 @@
 """Apple's key layout both ways, adapter files in both formats, atomic writes."""
+
 import pytest
 import torch
 
@@ -115,6 +116,7 @@ def test_pickle_payload_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     path.write_bytes(pickle.dumps({"x": Payload()}))
     from fmlab.checkpoints.apple_format import load_torch
+
     with pytest.raises(FmlabError, match="weights-only"):
         load_torch(path)
 

@@ -1,5 +1,6 @@
 """compare: one row per (prompt, model), the base is the zero-LoRA model, adapters swap in and out,
 flips and summaries follow the scores, the HTML is escaped."""
+
 import json
 import math
 
@@ -51,7 +52,7 @@ def test_one_row_per_prompt_and_model(lm, tiny_tokenizer, adapters):
     df = compare(models, tiny_tokenizer, PROMPTS, max_new_tokens=6, base_model=lm)
     assert len(df) == len(PROMPTS) * len(models)
     assert set(zip(df["prompt_id"], df["model"])) == {(i, m) for i in range(len(PROMPTS)) for m in models}
-    assert list(df["model"][:3]) == list(models)            # prompt-major, models in the given order
+    assert list(df["model"][:3]) == list(models)  # prompt-major, models in the given order
     assert df["prompt"][3] == "Why is the queen in the castle?"
     assert (df["tokens"] <= 6).all() and (df["latency_s"] >= df["ttft_s"]).all()
     assert df["score"].isna().all()
@@ -59,9 +60,15 @@ def test_one_row_per_prompt_and_model(lm, tiny_tokenizer, adapters):
 
 
 def test_same_seed_same_text_for_the_same_model(lm, tiny_tokenizer, adapters):
-    sampling = Sampling(temperature=1.0, top_k=50, seed=7)        # sampled, so the seed is what matters
-    df = compare({"a": adapters[0], "b": adapters[0], "c": adapters[1]}, tiny_tokenizer, PROMPTS,
-                 max_new_tokens=8, sampling=sampling, base_model=lm)
+    sampling = Sampling(temperature=1.0, top_k=50, seed=7)  # sampled, so the seed is what matters
+    df = compare(
+        {"a": adapters[0], "b": adapters[0], "c": adapters[1]},
+        tiny_tokenizer,
+        PROMPTS,
+        max_new_tokens=8,
+        sampling=sampling,
+        base_model=lm,
+    )
     texts = wide(df)
     assert (texts["a"] == texts["b"]).all()
     assert (texts["a"] != texts["c"]).any()
@@ -69,10 +76,11 @@ def test_same_seed_same_text_for_the_same_model(lm, tiny_tokenizer, adapters):
 
 def test_base_is_the_zero_lora_model_and_adapters_are_restored(lm, tiny_tokenizer, adapters):
     before = {k: v.clone() for k, v in lora_state_dict(lm).items()}
-    df = compare({"base": None, "mine": lm, "one": adapters[0]}, tiny_tokenizer, PROMPTS, max_new_tokens=8,
-                 base_model=lm)
+    df = compare(
+        {"base": None, "mine": lm, "one": adapters[0]}, tiny_tokenizer, PROMPTS, max_new_tokens=8, base_model=lm
+    )
     after = lora_state_dict(lm)
-    assert all(torch.equal(before[k], after[k]) for k in before)        # lm's own adapter came back
+    assert all(torch.equal(before[k], after[k]) for k in before)  # lm's own adapter came back
 
     zero = build_model(lm.config).eval()
     zero.load_state_dict(lm.state_dict())
@@ -85,7 +93,7 @@ def test_base_is_the_zero_lora_model_and_adapters_are_restored(lm, tiny_tokenize
     assert list(wide(df)["base"]) == expected
     own = [g.text for g in generate(lm, tiny_tokenizer, PROMPTS, 8, greedy)]
     assert list(wide(df)["mine"]) == own
-    assert expected != own                                                # the adapter does change the text
+    assert expected != own  # the adapter does change the text
 
 
 def test_a_merged_model_is_unmerged_for_swapping_and_merged_again(lm, tiny_tokenizer, adapters):
@@ -95,7 +103,7 @@ def test_a_merged_model_is_unmerged_for_swapping_and_merged_again(lm, tiny_token
     merge_lora(lm)
     df = compare({"base": None, "one": adapters[0]}, tiny_tokenizer, PROMPTS[:1], max_new_tokens=6, base_model=lm)
     assert len(df) == 2 and all(m.merged for m in [lm.layers[0].attn.qkv])
-    assert not torch.equal(lm.layers[0].attn.qkv.weight, weight)         # merged again, as it was given
+    assert not torch.equal(lm.layers[0].attn.qkv.weight, weight)  # merged again, as it was given
     assert [g.text for g in generate(lm, tiny_tokenizer, PROMPTS[:1], 6, greedy)] == want
 
 
@@ -105,6 +113,7 @@ def test_score_function_sees_the_prompt_and_the_text(lm, tiny_tokenizer):
     def score(prompt, text):
         seen.append(prompt)
         return len(text) % 2
+
     df = compare({"base": None}, tiny_tokenizer, PROMPTS, max_new_tokens=4, base_model=lm, score_fn=score)
     assert seen == PROMPTS
     assert list(df["score"]) == [len(t) % 2 for t in df["text"]]
@@ -124,9 +133,20 @@ def fake_results():
     rows = []
     for model, scores in (("base", [0.2, 0.9, 0.6]), ("x", [0.8, 0.1, 0.7]), ("y", [0.3, 0.95, 0.1])):
         for i, s in enumerate(scores):
-            rows.append({"prompt_id": i, "prompt": f"p{i}", "model": model, "text": f"{model} says {i}",
-                         "tokens": 3, "finish_reason": "stop", "ttft_s": 0.01, "latency_s": 0.1 + i,
-                         "tokens_per_s": 30.0, "score": s})
+            rows.append(
+                {
+                    "prompt_id": i,
+                    "prompt": f"p{i}",
+                    "model": model,
+                    "text": f"{model} says {i}",
+                    "tokens": 3,
+                    "finish_reason": "stop",
+                    "ttft_s": 0.01,
+                    "latency_s": 0.1 + i,
+                    "tokens_per_s": 30.0,
+                    "score": s,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -159,15 +179,19 @@ def test_html_escapes_text_and_wraps():
     assert "<script>" not in page and "<b>bold</b>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&amp;" in page
     assert "white-space:pre-wrap" in page
-    assert page.count("<tr>") == 1 + 3                                  # header + one row per prompt
+    assert page.count("<tr>") == 1 + 3  # header + one row per prompt
     assert "improved" in page and "regressed" in page
-    assert "#fff2a8" in page                                            # words that differ from the base
+    assert "#fff2a8" in page  # words that differ from the base
 
 
 def test_run_checkpoints_reads_the_manifest(tmp_path):
-    manifest = {"checkpoints": [{"path": "adapter-epoch2.pt", "step": 20, "eval_loss": 1.0},
-                                {"path": "adapter-epoch1.pt", "step": 10, "eval_loss": 1.2}],
-                "final": {"path": "adapter-final.pt", "step": 20}}
+    manifest = {
+        "checkpoints": [
+            {"path": "adapter-epoch2.pt", "step": 20, "eval_loss": 1.0},
+            {"path": "adapter-epoch1.pt", "step": 10, "eval_loss": 1.2},
+        ],
+        "final": {"path": "adapter-final.pt", "step": 20},
+    }
     (tmp_path / "checkpoints.json").write_text(json.dumps(manifest))
     models = run_checkpoints(tmp_path)
     assert list(models) == ["base", "adapter-epoch1", "adapter-epoch2", "adapter-final"]

@@ -1,5 +1,6 @@
 """The synthetic pretraining corpus: deterministic, correct, on the play set's words, and free of the play
 format."""
+
 import re
 
 import pytest
@@ -15,8 +16,12 @@ def chats():
 
 
 def _exchanges(chats):
-    return [(q["content"], a["content"]) for s in chats for q, a in zip(s, s[1:])
-            if q["role"] == "user" and a["role"] == "assistant"]
+    return [
+        (q["content"], a["content"])
+        for s in chats
+        for q, a in zip(s, s[1:])
+        if q["role"] == "user" and a["role"] == "assistant"
+    ]
 
 
 def test_deterministic():
@@ -29,12 +34,18 @@ def test_chats_are_well_formed(chats):
         roles = [m["role"] for m in s if m["role"] != "system"]
         assert roles == ["user", "assistant"] * (len(roles) // 2) and roles
         assert all(m["content"] for m in s)
-    assert any(len(s) >= 5 for s in chats)          # some multi-turn
+    assert any(len(s) >= 5 for s in chats)  # some multi-turn
 
 
 def test_arithmetic_answers_are_correct(chats):
-    ops = {"plus": int.__add__, "+": int.__add__, "minus": int.__sub__, "-": int.__sub__, "times": int.__mul__,
-           "x": int.__mul__}
+    ops = {
+        "plus": int.__add__,
+        "+": int.__add__,
+        "minus": int.__sub__,
+        "-": int.__sub__,
+        "times": int.__mul__,
+        "x": int.__mul__,
+    }
     checked = 0
     for q, a in _exchanges(chats):
         if m := re.fullmatch(r"(?:What|How much) is (\d+) (plus|minus|times|[-+x]) (\d+)\?", q):
@@ -99,7 +110,7 @@ def test_probe_answers_appear_in_the_corpus(chats):
         answers.setdefault(q, []).append(a)
     for messages, words in probe_prompts():
         if messages[-1]["content"].startswith("Tell me a short story"):
-            continue        # story requests are combinations: the stories test checks them
+            continue  # story requests are combinations: the stories test checks them
         replies = answers.get(messages[-1]["content"], [])
         assert replies, f"the corpus never asks {messages[-1]['content']!r}"
         assert all(w.lower() in r.lower() for r in replies for w in words), (words, replies[:3])

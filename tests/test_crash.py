@@ -5,6 +5,7 @@ write (disk full) is a clear error that keeps the previous checkpoint.
 The killed runs are subprocesses of tests/crash_worker.py (one thread, like this process during these
 tests); the resumes run here.
 """
+
 import errno
 import io
 import json
@@ -51,10 +52,14 @@ def reference(tmp_path_factory):
 
 
 def launch(out: Path, *args) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(WORKER.parent), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen([sys.executable, str(WORKER), str(out), *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(WORKER.parent), os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(out), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 def killed(out: Path, spec: str, resume: bool = False) -> None:
@@ -65,8 +70,10 @@ def killed(out: Path, spec: str, resume: bool = False) -> None:
 
 def metric_rows(run: Path) -> list[dict]:
     timing = ("tokens_per_s", "peak_memory_mb")
-    return [{k: v for k, v in json.loads(line).items() if k not in timing}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in timing}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def assert_same_run(out: Path, reference: Path) -> None:
@@ -80,8 +87,8 @@ def assert_same_run(out: Path, reference: Path) -> None:
         assert file_sha(out / name) == file_sha(reference / name), name
     assert read_manifest(out)["checkpoints"] == read_manifest(reference)["checkpoints"]
     assert read_manifest(out)["final"] == read_manifest(reference)["final"]
-    assert metric_rows(out) == metric_rows(reference)          # nothing lost, nothing logged twice
-    assert not list(out.glob(".*.tmp"))                        # half-written temporaries are gone
+    assert metric_rows(out) == metric_rows(reference)  # nothing lost, nothing logged twice
+    assert not list(out.glob(".*.tmp"))  # half-written temporaries are gone
 
 
 # --- killed and resumed --------------------------------------------------------------------------------
@@ -109,8 +116,9 @@ def test_killed_from_outside_at_a_moment_resumes_to_the_same_adapter(tmp_path, r
     proc = launch(tmp_path, "--kill", "slow")
     metrics, deadline = tmp_path / "metrics.jsonl", time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
-        if metrics.is_file() and any(json.loads(r).get("step", 0) >= 6
-                                     for r in metrics.read_text().splitlines() if r.endswith("}")):
+        if metrics.is_file() and any(
+            json.loads(r).get("step", 0) >= 6 for r in metrics.read_text().splitlines() if r.endswith("}")
+        ):
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.005)
@@ -145,13 +153,13 @@ def test_truncated_checkpoint_is_never_loaded(tmp_path, reference):
         read_adapter(run / name, CFG)
     with pytest.raises(FmlabError, match="sha256 differs"):
         load_torch(run / name)
-    assets = tmp_path / "assets"                                  # the same through load_model
+    assets = tmp_path / "assets"  # the same through load_model
     assets.mkdir()
     (assets / "c.json").write_text(json.dumps(to_tamm_json(CFG)))
     torch.save(to_apple(build_model(CFG, seed=0).state_dict(), CFG), assets / "w.pt")
     with pytest.raises(FmlabError, match="sha256 differs"):
         load_model(assets / "c.json", assets / "w.pt", adapter=run / name)
-    loose = tmp_path / "loose.pt"                                 # outside a run: torch's own check
+    loose = tmp_path / "loose.pt"  # outside a run: torch's own check
     loose.write_bytes(data[: len(data) // 2])
     with pytest.raises(FmlabError, match="not a loadable weights-only PyTorch file"):
         read_adapter(loose, CFG)
@@ -173,7 +181,7 @@ def test_a_crafted_manifest_cannot_point_outside_the_run(tmp_path, reference):
     with pytest.raises(FmlabError, match="'../victim.pt' is not a file name"):
         read_manifest(run)
     with pytest.raises(FmlabError, match="not a file name"):
-        crash_worker.run(run, resume=True)          # resuming would otherwise delete it as "dropped"
+        crash_worker.run(run, resume=True)  # resuming would otherwise delete it as "dropped"
     assert victim.read_bytes() == b"keep me"
     (run / "checkpoints.json").write_text("{not json")
     with pytest.raises(FmlabError, match="not a readable checkpoint manifest"):
@@ -199,6 +207,7 @@ def fill_disk(monkeypatch):
 
     def fdopen(fd, mode="r", *args, **kwargs):
         return FullDisk(fd, "wb", closefd=True) if "w" in mode else real(fd, mode, *args, **kwargs)
+
     monkeypatch.setattr(fmlab.files.os, "fdopen", fdopen)
 
 
@@ -214,7 +223,7 @@ def test_disk_full_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path, 
         assert f"writing {target} failed" in str(err.value)
     assert "the previous file is kept" in str(err.value) or "nothing was written" in str(err.value)
     assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.pt"]     # no temporary left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.pt"]  # no temporary left behind
 
 
 def test_disk_full_during_training_stops_with_the_last_good_state(tmp_path, reference, monkeypatch):
@@ -226,11 +235,12 @@ def test_disk_full_during_training_stops_with_the_last_good_state(tmp_path, refe
         def on_step(self, row):
             if row["step"] == 5:
                 fill_disk(monkeypatch)
+
     with pytest.raises(FmlabError, match="No space left on device"):
         crash_worker.run(out, callbacks=[DiskFillsAtStep5()])
     monkeypatch.undo()
     state = torch.load(out / "last.pt", weights_only=True)
-    assert state["position"]["step"] == 4                      # the last good resume state survived
+    assert state["position"]["step"] == 4  # the last good resume state survived
     for entry in read_manifest(out)["checkpoints"]:
         assert file_sha(out / entry["path"]) == entry["sha256"]
     crash_worker.run(out, resume=True)
@@ -239,11 +249,28 @@ def test_disk_full_during_training_stops_with_the_last_good_state(tmp_path, refe
 
 def test_cli_reports_an_unwritable_checkpoint_dir_without_a_traceback(tmp_path, capsys):
     data = tmp_path / "d.jsonl"
-    data.write_text("\n".join(json.dumps([{"role": "user", "content": f"Hi {i}"},
-                                          {"role": "assistant", "content": "Hello"}]) for i in range(4)))
+    data.write_text(
+        "\n".join(
+            json.dumps([{"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": "Hello"}])
+            for i in range(4)
+        )
+    )
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    code = main(["train-adapter", "--train-data", str(data), "--checkpoint-dir", str(blocker / "run"),
-                 "--epochs", "1", "--batch-size", "2", "--precision", "f32"])
+    code = main(
+        [
+            "train-adapter",
+            "--train-data",
+            str(data),
+            "--checkpoint-dir",
+            str(blocker / "run"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--precision",
+            "f32",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "fmlab train-adapter: error:" in err and str(blocker) in err and "Traceback" not in err

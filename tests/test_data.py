@@ -1,4 +1,5 @@
 """Data pipeline: validation of every line with file:line errors, tokenization report, packing, collation, batches."""
+
 import json
 import random
 
@@ -105,8 +106,11 @@ def test_sample_response_format_goes_to_the_last_user_message(tmp_path):
 
 def test_tokenize_dataset_report(tiny_tokenizer):
     long_answer = {"role": "assistant", "content": "the king " * 40}
-    samples = [Sample([U, A], source="f", line=1), Sample([S, U, long_answer], source="f", line=2),
-               Sample([U], source="f", line=3)]
+    samples = [
+        Sample([U, A], source="f", line=1),
+        Sample([S, U, long_answer], source="f", line=2),
+        Sample([U], source="f", line=3),
+    ]
     data = tokenize_dataset(tiny_tokenizer, samples, max_len=60)
     report = data.report
     assert (report.num_samples, report.num_with_system) == (3, 1)
@@ -178,9 +182,15 @@ def test_collate_right_and_left():
 def test_batches_are_deterministic_and_cover_every_token(tiny_tokenizer):
     rng = random.Random(0)
     words = "the king queen enter exit scene".split()
-    samples = [Sample([{"role": "user", "content": " ".join(rng.choices(words, k=rng.randint(1, 9)))},
-                       {"role": "assistant", "content": " ".join(rng.choices(words, k=rng.randint(1, 30)))}])
-               for _ in range(40)]
+    samples = [
+        Sample(
+            [
+                {"role": "user", "content": " ".join(rng.choices(words, k=rng.randint(1, 9)))},
+                {"role": "assistant", "content": " ".join(rng.choices(words, k=rng.randint(1, 30)))},
+            ]
+        )
+        for _ in range(40)
+    ]
     data = tokenize_dataset(tiny_tokenizer, samples, max_len=128)
     packed = Batches(data, batch_size=4, pack=True, shuffle_seed=3)
     first = [b["input_ids"] for b in packed.epoch(0)]
@@ -226,7 +236,15 @@ def test_batches_truncate_samples_before_packing(tiny_tokenizer):
 
 
 def test_tokenize_errors_name_the_sample(tiny_tokenizer):
-    bad = Sample([U, {"role": "assistant", "content": "x", "tool_calls": [{"name": "f", "arguments": {}}]},
-                  {"role": "tool", "content": {"r": "<turn_end>"}}, A], source="t.jsonl", line=9)
+    bad = Sample(
+        [
+            U,
+            {"role": "assistant", "content": "x", "tool_calls": [{"name": "f", "arguments": {}}]},
+            {"role": "tool", "content": {"r": "<turn_end>"}},
+            A,
+        ],
+        source="t.jsonl",
+        line=9,
+    )
     with pytest.raises(DataError, match="t.jsonl:9: message content contains"):
         tokenize_dataset(tiny_tokenizer, [bad])

@@ -1,6 +1,7 @@
 """The fast decoding paths compute what the reference paths compute: the fused RoPE, the static-shape
 cache attention, the compiled decode step (greedy tokens identical, logits within float tolerance),
 compiled speculative decoding, and the branch-free KV quantiser under torch.compile."""
+
 import pytest
 import torch
 from conftest import sharp
@@ -26,7 +27,7 @@ def quantised(tiny_model):
 
 
 def test_fused_rope_equals_reference_bit_for_bit():
-    x = torch.randn(2, 7, 3, 16)                                       # (B, T, heads, hd)
+    x = torch.randn(2, 7, 3, 16)  # (B, T, heads, hd)
     positions = torch.randint(0, 4000, (2, 7))
     reference = apply_rope(x.transpose(1, 2), *rope_tables(positions, 16, 500000.0)).transpose(1, 2)
     assert torch.equal(rotate(x, rotation_tables(positions, 16, 500000.0)), reference)
@@ -36,7 +37,7 @@ def test_decode_over_all_slots_equals_full_forward(quantised):
     """Decode steps and a speculative-sized block attend over the whole static cache with a mask."""
     x = torch.randint(1, 512, (2, 16))
     full = quantised(x)
-    cache = new_cache(quantised, 2, 40, "f32", compiled=True)          # rounded up: unused slots masked
+    cache = new_cache(quantised, 2, 40, "f32", compiled=True)  # rounded up: unused slots masked
     steps = [quantised(x[:, :6], cache=cache)]
     steps += [decode_one(quantised, x[:, t], cache)[:, None] for t in range(6, 10)]
     steps.append(extend(quantised, x[:, 10:], cache))
@@ -55,11 +56,11 @@ def test_compiled_decode_equals_eager(quantised):
             out += [decode_one(quantised, x[:, t], cache, compiled) for t in range(5, 12)]
             logits.append(torch.stack(out, 1))
     torch.testing.assert_close(logits[1], logits[0], atol=1e-4, rtol=1e-4)
-    prompts = [[1, 5, 9, 33, 7], [1, 40, 41]]                        # left-padded batch
+    prompts = [[1, 5, 9, 33, 7], [1, 40, 41]]  # left-padded batch
     eager = generate_ids(quantised, prompts, set(), 16, GREEDY)[0]
     assert generate_ids(quantised, prompts, set(), 16, GREEDY, compile_model=True)[0] == eager
-    assert generate_ids(torch.compile(quantised), prompts, set(), 16, GREEDY)[0] == eager   # CLI's wrapper
-    with torch.no_grad():                       # an adapter update between calls is seen by the next one
+    assert generate_ids(torch.compile(quantised), prompts, set(), 16, GREEDY)[0] == eager  # CLI's wrapper
+    with torch.no_grad():  # an adapter update between calls is seen by the next one
         for name, p in quantised.named_parameters():
             if ".lora_b." in name:
                 p.normal_(0, 1.0)

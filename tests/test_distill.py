@@ -1,4 +1,5 @@
 """Distillation: divergences, gradients reach only the student, the loss mask, and acceptance rises."""
+
 import math
 
 import pytest
@@ -40,7 +41,7 @@ def test_mask_keeps_only_assistant_targets():
 def _pair(seed=0):
     teacher = build_model(preset("tiny"), seed=seed).eval()
     student = build_model(preset("tiny-draft"), seed=seed + 1).train()
-    with torch.no_grad():      # a teacher with sharp, non-trivial preferences (a trained adapter)
+    with torch.no_grad():  # a teacher with sharp, non-trivial preferences (a trained adapter)
         teacher.embedding.weight.mul_(10)
         for name, p in teacher.named_parameters():
             if ".lora_b." in name:
@@ -68,11 +69,12 @@ def test_on_policy_rollouts_score_the_students_own_tokens():
     ids[:, 0] = 1
     labels = torch.full_like(ids, -100)
     labels[:, 5:9] = ids[:, 6:10]
-    out = student_rollouts(student, {"input_ids": ids, "label_ids": labels,
-                                     "segment_ids": torch.full_like(ids, 2)}, stop=set())
-    assert torch.equal(out["input_ids"][:, :6], ids[:, :6])                 # same prompts
-    assert int(target_mask(out["label_ids"]).sum()) == 8                      # same target budget
-    assert torch.equal(out["label_ids"][:, 5:9], out["input_ids"][:, 6:10])   # targets = own tokens
+    out = student_rollouts(
+        student, {"input_ids": ids, "label_ids": labels, "segment_ids": torch.full_like(ids, 2)}, stop=set()
+    )
+    assert torch.equal(out["input_ids"][:, :6], ids[:, :6])  # same prompts
+    assert int(target_mask(out["label_ids"]).sum()) == 8  # same target budget
+    assert torch.equal(out["label_ids"][:, 5:9], out["input_ids"][:, 6:10])  # targets = own tokens
 
 
 class Fixed:
@@ -101,14 +103,20 @@ def test_distillation_raises_acceptance(tmp_path):
         out = generate_ids(teacher, [p], set(), 16, Sampling(temperature=0))[0][0]
         ids = torch.tensor(p + out)
         labels = torch.full_like(ids, -100)
-        labels[len(p) - 1:-1] = ids[len(p):]
+        labels[len(p) - 1 : -1] = ids[len(p) :]
         rows.append((ids, labels))
     batch = {"input_ids": torch.stack([r[0] for r in rows]), "label_ids": torch.stack([r[1] for r in rows])}
     before = measure_speculation(teacher, student.eval(), prompts, set(), 4, 16)["acceptance_rate"]
     student.train()
-    train(student, DistillLoss(teacher, teacher_precision="f32"), Fixed([batch] * 200), None,
-          TrainConfig(epochs=1, learning_rate=3e-2, precision="f32", schedule="constant", prefix="draft-model"),
-          tmp_path, save_weights=save_model)
+    train(
+        student,
+        DistillLoss(teacher, teacher_precision="f32"),
+        Fixed([batch] * 200),
+        None,
+        TrainConfig(epochs=1, learning_rate=3e-2, precision="f32", schedule="constant", prefix="draft-model"),
+        tmp_path,
+        save_weights=save_model,
+    )
     after = measure_speculation(teacher, student.eval(), prompts, set(), 4, 16)["acceptance_rate"]
     assert after > before + 0.3, (before, after)
 
@@ -116,8 +124,10 @@ def test_distillation_raises_acceptance(tmp_path):
 def _chat_file(path, replies):
     import json
 
-    prompts = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi to the king."}],
-               [{"role": "user", "content": "Name a city."}]]
+    prompts = [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi to the king."}],
+        [{"role": "user", "content": "Name a city."}],
+    ]
     samples = [p + [{"role": "assistant", "content": r}] for p, r in zip(prompts, replies)]
     path.write_text("".join(json.dumps(s) + "\n" for s in samples))
     return samples
@@ -138,17 +148,31 @@ def test_teacher_replies_replace_only_the_final_reply(tmp_path, tiny_tokenizer):
     teacher = build_model(dataclasses.replace(preset("tiny"), vocab_size=640, lora=None), seed=0)
     learned = _chat_file(tmp_path / "learned.jsonl", ["Hi, king.", "Paris."])
     batch = collate([encode_chat(tiny_tokenizer, s) for s in learned], pad_id=0, eos_id=1)
-    train(teacher, token_loss, Fixed([batch] * 60), None, TrainConfig(epochs=1, learning_rate=1e-2, precision="f32"),
-          tmp_path / "teacher", save_weights=save_model)
+    train(
+        teacher,
+        token_loss,
+        Fixed([batch] * 60),
+        None,
+        TrainConfig(epochs=1, learning_rate=1e-2, precision="f32"),
+        tmp_path / "teacher",
+        save_weights=save_model,
+    )
     samples = _chat_file(tmp_path / "train.jsonl", ["Hello there, your majesty.", "A city is Rome."])
-    counts = write_teacher_replies(teacher.eval(), tiny_tokenizer, tmp_path / "train.jsonl", tmp_path / "out.jsonl",
-                                   max_new_tokens=12, batch_size=2, precision="f32")
+    counts = write_teacher_replies(
+        teacher.eval(),
+        tiny_tokenizer,
+        tmp_path / "train.jsonl",
+        tmp_path / "out.jsonl",
+        max_new_tokens=12,
+        batch_size=2,
+        precision="f32",
+    )
     written = read_messages(tmp_path / "out.jsonl")
     greedy = generate(teacher, tiny_tokenizer, [s[:-1] for s in samples], 12, Sampling(temperature=0))
     assert counts == {"samples": 2, "stopped": 2, "empty": 0}
     for sample, new, reply in zip(samples, written, greedy):
-        assert new.messages[:-1] == sample[:-1]                                   # prompts untouched
-        assert new.messages[-1] == {"role": "assistant", "content": reply.text}   # the teacher's greedy reply
+        assert new.messages[:-1] == sample[:-1]  # prompts untouched
+        assert new.messages[-1] == {"role": "assistant", "content": reply.text}  # the teacher's greedy reply
     assert [m.messages[-1]["content"] for m in written] == ["Hi, king.", "Paris."]
 
 
@@ -158,8 +182,15 @@ def test_empty_teacher_replies_keep_the_reference(tmp_path, tiny_tokenizer):
     from fmlab.data.validate import read_messages
     from fmlab.train.distill import write_teacher_replies
 
-    teacher = build_model(dataclasses.replace(preset("tiny"), vocab_size=640), seed=0).eval()   # says only "\n"
+    teacher = build_model(dataclasses.replace(preset("tiny"), vocab_size=640), seed=0).eval()  # says only "\n"
     samples = _chat_file(tmp_path / "train.jsonl", ["Hi, king.", "Paris."])
-    counts = write_teacher_replies(teacher, tiny_tokenizer, tmp_path / "train.jsonl", tmp_path / "out.jsonl",
-                                   max_new_tokens=4, batch_size=2, precision="f32")
+    counts = write_teacher_replies(
+        teacher,
+        tiny_tokenizer,
+        tmp_path / "train.jsonl",
+        tmp_path / "out.jsonl",
+        max_new_tokens=4,
+        batch_size=2,
+        precision="f32",
+    )
     assert counts["empty"] == 2 and [s.messages for s in read_messages(tmp_path / "out.jsonl")] == samples

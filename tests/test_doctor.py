@@ -1,4 +1,5 @@
 """`fmlab doctor`: OK/WARN/FAIL rows with fixes, exit code 1 on any FAIL; broken assets are named."""
+
 import hashlib
 import importlib.metadata
 import json
@@ -40,12 +41,18 @@ def test_a_good_tmp_assets_dir_passes_and_the_cli_prints_a_table(assets, tmp_pat
     out = capsys.readouterr().out
     assert code == 0, out
     assert "OK    python" in out and "base-model.pt" in out and "0 failure(s)" in out
-    assert "no manifest.json" in out                      # Apple's assets have none: fine
+    assert "no manifest.json" in out  # Apple's assets have none: fine
 
 
 def break_tokenizer(d, tmp_path):
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(tiny_chat_corpus(60)), model_prefix=str(tmp_path / "p"),
-                                   vocab_size=150, model_type="bpe", minloglevel=2, num_threads=1)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(tiny_chat_corpus(60)),
+        model_prefix=str(tmp_path / "p"),
+        vocab_size=150,
+        model_type="bpe",
+        minloglevel=2,
+        num_threads=1,
+    )
     shutil.copy(tmp_path / "p.model", d / "tokenizer.model")
 
 
@@ -53,12 +60,15 @@ def break_weights(d, tmp_path):
     cfg = preset("tiny", vocab_size=512)
     from fmlab.checkpoints.apple_format import to_apple
     from fmlab.model.transformer import build_model
+
     torch.save(to_apple(build_model(cfg, seed=0).state_dict(), cfg), d / "base-model.pt")
 
 
 def break_manifest(d, tmp_path):
-    files = {n: {"sha256": hashlib.sha256((d / n).read_bytes()).hexdigest(), "bytes": (d / n).stat().st_size}
-             for n in doctor.ASSET_FILES}
+    files = {
+        n: {"sha256": hashlib.sha256((d / n).read_bytes()).hexdigest(), "bytes": (d / n).stat().st_size}
+        for n in doctor.ASSET_FILES
+    }
     files["draft-model.pt"]["sha256"] = "0" * 64
     (d / "manifest.json").write_text(json.dumps({"files": files}))
 
@@ -70,11 +80,23 @@ def break_draft_vocab(d, tmp_path):
 BREAKAGES = {
     "missing file": (lambda d, t: (d / "draft-model.pt").unlink(), "assets files", "missing draft-model.pt"),
     "no special pieces": (break_tokenizer, "tokenizer.model", "lacks the required pieces"),
-    "tokenizer too big": (lambda d, t: (d / "base-model-config.json").write_text(
-        json.dumps(to_tamm_json(preset("tiny", vocab_size=512)))), "tokenizer.model", "600 pieces but base vocab_size 512"),
-    "weights of another vocabulary": (break_weights, "base-model.pt", "embedding.weight: file (512, 64) vs config (640, 64)"),
-    "config does not parse": (lambda d, t: (d / "base-model-config.json").write_text("{oops"), "base-model-config.json",
-                              "cannot read model config"),
+    "tokenizer too big": (
+        lambda d, t: (d / "base-model-config.json").write_text(
+            json.dumps(to_tamm_json(preset("tiny", vocab_size=512)))
+        ),
+        "tokenizer.model",
+        "600 pieces but base vocab_size 512",
+    ),
+    "weights of another vocabulary": (
+        break_weights,
+        "base-model.pt",
+        "embedding.weight: file (512, 64) vs config (640, 64)",
+    ),
+    "config does not parse": (
+        lambda d, t: (d / "base-model-config.json").write_text("{oops"),
+        "base-model-config.json",
+        "cannot read model config",
+    ),
     "checksum differs": (break_manifest, "checksums", "differ from manifest.json: draft-model.pt"),
     "draft vocabulary differs": (break_draft_vocab, "vocabularies", "differ in vocab_size"),
     "partial draft template": (lambda d, t: (d / "draft.mil").write_text("x"), "draft template", "incomplete"),
@@ -102,19 +124,23 @@ def test_missing_assets_directory(tmp_path, capsys):
     assert "is not a directory" in out and "FMLAB_ASSETS" in out
 
 
-@pytest.mark.parametrize("name,version,status,phrase", [
-    ("numpy", "2.4.1", "FAIL", 'pip install "numpy<2.4"'),
-    ("numpy", "2.3.5", "OK", ""),
-    ("torch", "2.5.1+cu121", "FAIL", 'pip install "torch>=2.6"'),
-    ("coremltools", "8.3", "WARN", 'pip install "coremltools>=9.0,<9.1"'),
-    ("papermill", None, "WARN", "pip install papermill"),
-    ("sentencepiece", None, "FAIL", "pip install sentencepiece"),
-])
+@pytest.mark.parametrize(
+    "name,version,status,phrase",
+    [
+        ("numpy", "2.4.1", "FAIL", 'pip install "numpy<2.4"'),
+        ("numpy", "2.3.5", "OK", ""),
+        ("torch", "2.5.1+cu121", "FAIL", 'pip install "torch>=2.6"'),
+        ("coremltools", "8.3", "WARN", 'pip install "coremltools>=9.0,<9.1"'),
+        ("papermill", None, "WARN", "pip install papermill"),
+        ("sentencepiece", None, "FAIL", "pip install sentencepiece"),
+    ],
+)
 def test_package_versions(monkeypatch, name, version, status, phrase):
     def fake(package):
         if version is None:
             raise importlib.metadata.PackageNotFoundError(package)
         return version
+
     monkeypatch.setattr(importlib.metadata, "version", fake)
     check = doctor.check_package(name)
     assert check.status == status and check.fix == phrase
@@ -135,7 +161,7 @@ def test_disk_plan_for_afm_3b_and_its_verdicts(tmp_path, monkeypatch):
     (tmp_path / "base-model-config.json").write_text(json.dumps(to_tamm_json(preset("afm-3b"))))
     (tmp_path / "draft-model.pt").write_bytes(b"\0" * 1000)
     plan = doctor.planned_bytes(tmp_path, keep_best=2)
-    payload = 133_312_320 - 64 - 700 * 64           # Apple's adapter_weights.bin less its blob headers
+    payload = 133_312_320 - 64 - 700 * 64  # Apple's adapter_weights.bin less its blob headers
     assert plan["export"] == payload + 1000
     assert plan["adapter run"] == 2 * payload * (2 + 1 + 3)
     need = sum(plan.values())

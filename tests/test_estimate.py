@@ -1,5 +1,6 @@
 """The memory estimate against memory measured on the tiny model: parameters, LoRA gradients and AdamW
 state counted exactly, activations as the bytes autograd saves during a real training step."""
+
 import torch
 
 from fmlab.model.config import LoRAConfig, preset
@@ -16,7 +17,7 @@ def measured_training_bytes(cfg, batch, seq):
     cast_frozen(model, torch.bfloat16)
     ids = torch.randint(5, cfg.vocab_size, (batch, seq))
     labels = ids.clone()
-    labels[:, :int(seq * 0.3)] = -100
+    labels[:, : int(seq * 0.3)] = -100
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved = {}
 
@@ -25,10 +26,11 @@ def measured_training_bytes(cfg, batch, seq):
         if storage.data_ptr() not in params:
             saved[storage.data_ptr()] = storage.nbytes()
         return t
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
         loss, n = token_loss(model, {"input_ids": ids, "label_ids": labels})
     rows = min(int(n), chunk_rows(cfg.vocab_size))
-    logits_chunk = rows * cfg.vocab_size * (4 + 2)             # fp32 logits + bf16 gradient, end of forward
+    logits_chunk = rows * cfg.vocab_size * (4 + 2)  # fp32 logits + bf16 gradient, end of forward
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return weights + 16 * lora + sum(saved.values()) + logits_chunk
@@ -45,7 +47,7 @@ def test_training_estimate_within_20_percent_of_measured():
 def test_afm_3b_estimates_are_sane():
     cfg = preset("afm-3b")
     gen = estimate_generation(cfg, 1, 4096, "bf16-mixed")
-    assert 6e9 < gen.weights < 7e9                       # 3.18B parameters in bf16
+    assert 6e9 < gen.weights < 7e9  # 3.18B parameters in bf16
     ckpt = estimate_training(cfg, 4, 2048, activation_checkpointing=True)
     full = estimate_training(cfg, 4, 2048)
     assert ckpt.activations < full.activations and ckpt.trainable_state == 66_633_728 * 16

@@ -1,4 +1,5 @@
-""".fmadapter export and verification (afm-facts.md §8) on tiny random models; afm-3b sizes without weights."""
+""".fmadapter export and verification (docs/afm-format.md §8) on tiny random models; afm-3b sizes without weights."""
+
 import hashlib
 import json
 import shutil
@@ -45,7 +46,7 @@ def assets(tmp_path_factory):
     draft = build_model(dcfg, seed=1)
     with torch.no_grad():
         for name, p in draft.named_parameters():
-            if "norm" in name:                      # non-trivial norms, so they must survive the export
+            if "norm" in name:  # non-trivial norms, so they must survive the export
                 p.uniform_(0.5, 1.5)
     (d / "draft-model-config.json").write_text(json.dumps(to_tamm_json(dcfg)))
     torch.save(to_apple(draft.state_dict(), dcfg), d / "draft-model.pt")
@@ -54,8 +55,14 @@ def assets(tmp_path_factory):
             if ".lora_b." in name:
                 p.normal_(0, 0.05)
     adapter = save_adapter(base, d.parent / "adapter.pt")
-    return {"dir": d, "cfg": cfg, "draft_cfg": dcfg, "adapter": adapter, "draft": d / "draft-model.pt",
-            "lora": {k: v.detach().clone() for k, v in base.state_dict().items() if ".lora_" in k}}
+    return {
+        "dir": d,
+        "cfg": cfg,
+        "draft_cfg": dcfg,
+        "adapter": adapter,
+        "draft": d / "draft-model.pt",
+        "lora": {k: v.detach().clone() for k, v in base.state_dict().items() if ".lora_" in k},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +70,22 @@ def coreml_package(assets, tmp_path_factory):
     """One export with the Core ML draft (the slow part: ~3 s of coremltools)."""
     pytest.importorskip("coremltools")
     out = tmp_path_factory.mktemp("out")
-    return export_fmadapter(out, "tiny_adapter", assets["adapter"], assets["draft"], assets=assets["dir"],
-                            description="tiny", log=lambda *_: None)
+    return export_fmadapter(
+        out,
+        "tiny_adapter",
+        assets["adapter"],
+        assets["draft"],
+        assets=assets["dir"],
+        description="tiny",
+        log=lambda *_: None,
+    )
 
 
 def export(assets, out, name="tiny_adapter", **kw):
     kw.setdefault("coreml", False)
-    return export_fmadapter(out, name, assets["adapter"], kw.pop("draft", None), assets=assets["dir"],
-                            log=lambda *_: None, **kw)
+    return export_fmadapter(
+        out, name, assets["adapter"], kw.pop("draft", None), assets=assets["dir"], log=lambda *_: None, **kw
+    )
 
 
 # --- the QK permutation (§8.2) ------------------------------------------------------------------------
@@ -97,8 +112,11 @@ def test_permuted_rows_with_half_split_rope_equal_interleaved_rope():
     y = (x @ qk_permute(w, n_heads).t()).view(1, T, n_heads, hd).transpose(1, 2)
     y1, y2 = y.chunk(2, -1)
     neox = torch.cat([y1 * cos - y2 * sin, y1 * sin + y2 * cos], -1)
-    assert torch.allclose(qk_unpermute(neox.transpose(1, 2).reshape(T, -1).t(), n_heads).t(),
-                          ref.transpose(1, 2).reshape(T, -1), atol=1e-5)
+    assert torch.allclose(
+        qk_unpermute(neox.transpose(1, 2).reshape(T, -1).t(), n_heads).t(),
+        ref.transpose(1, 2).reshape(T, -1),
+        atol=1e-5,
+    )
 
 
 # --- layout and size for Apple's afm-3b (no model materialised) ----------------------------------------
@@ -108,13 +126,19 @@ def test_afm_3b_canonical_order_and_permuted_tensors():
     layout = adapter_layout(preset("afm-3b"))
     assert len(layout) == 700
     first = [s.apple.split("layer_0.")[1].replace(".adapters.base_adapter", "") for s in layout[:14]]
-    assert first == [f"attention.qkv_transform.lora_{i}.{m}_transpose" for i in range(3) for m in "ab"] + \
-        [f"{p}.{m}_transpose" for p in ("attention.output_transform", "feed_forward.hidden_transform.linear_0",
-                                         "feed_forward.hidden_transform.linear_1", "feed_forward.output_transform")
-         for m in "ab"]
+    assert first == [f"attention.qkv_transform.lora_{i}.{m}_transpose" for i in range(3) for m in "ab"] + [
+        f"{p}.{m}_transpose"
+        for p in (
+            "attention.output_transform",
+            "feed_forward.hidden_transform.linear_0",
+            "feed_forward.hidden_transform.linear_1",
+            "feed_forward.output_transform",
+        )
+        for m in "ab"
+    ]
     seg1 = [s for s in layout if "segment_1" in s.apple]
     assert len(seg1) == 21 * 10 and "segment_1.layer_0.attention.q_transform" in seg1[0].apple
-    assert layout[14 * 35].apple == seg1[0].apple                      # segment_1 follows all of segment_0
+    assert layout[14 * 35].apple == seg1[0].apple  # segment_1 follows all of segment_0
     kinds = {}
     for s in (s for s in layout if s.heads):
         kind = "q_transform" if ".q_transform." in s.apple else s.apple.split(".base_adapter.")[1]
@@ -152,7 +176,7 @@ def test_afm_3b_needs_apple_rank_and_alpha():
     for lora in (LoRAConfig(rank=16, alpha=16), LoRAConfig(rank=32, alpha=32), LoRAConfig(targets=("q", "v"))):
         with pytest.raises(FmlabError, match="rank 32, alpha 16"):
             check_runtime_lora(preset("afm-3b", lora=lora))
-    check_runtime_lora(preset("tiny"))                       # other bases keep their own LoRA settings
+    check_runtime_lora(preset("tiny"))  # other bases keep their own LoRA settings
 
 
 # --- metadata and names --------------------------------------------------------------------------------
@@ -161,12 +185,19 @@ def test_afm_3b_needs_apple_rank_and_alpha():
 def test_metadata_keys_values_and_formatting():
     meta = metadata("my_adapter", BASE_SIGNATURE, 32)
     assert tuple(sorted(meta)) == METADATA_KEYS
-    assert meta == {"adapterIdentifier": "fmadapter-my_adapter-9799725", "author": "3P developer",
-                    "baseModelSignature": BASE_SIGNATURE, "creatorDefined": {}, "description": "",
-                    "license": "", "loraRank": 32, "speculativeDecodingDraftTokenCount": 5}
+    assert meta == {
+        "adapterIdentifier": "fmadapter-my_adapter-9799725",
+        "author": "3P developer",
+        "baseModelSignature": BASE_SIGNATURE,
+        "creatorDefined": {},
+        "description": "",
+        "license": "",
+        "loraRank": 32,
+        "speculativeDecodingDraftTokenCount": 5,
+    }
     text = metadata_text(meta)
     assert text.startswith('{\n    "adapterIdentifier": "fmadapter-my_adapter-9799725",\n    "author"')
-    assert metadata_text(metadata("x", BASE_SIGNATURE, 32, author="Zoë")).count("Zoë") == 1   # ensure_ascii=False
+    assert metadata_text(metadata("x", BASE_SIGNATURE, 32, author="Zoë")).count("Zoë") == 1  # ensure_ascii=False
 
 
 @pytest.mark.parametrize("name", ["my-adapter", "héllo", "", "a b", "x.y", "名前", "semi;colon"])
@@ -203,8 +234,12 @@ def test_adapter_weights_round_trip(assets, tmp_path):
 def test_export_with_coreml_draft_then_verify(assets, coreml_package):
     pkg = coreml_package
     assert pkg.name == "tiny_adapter.fmadapter"
-    assert sorted(p.name for p in pkg.iterdir()) == ["adapter_weights.bin", "draft.mlpackage",
-                                                      "fmlab-manifest.json", "metadata.json"]
+    assert sorted(p.name for p in pkg.iterdir()) == [
+        "adapter_weights.bin",
+        "draft.mlpackage",
+        "fmlab-manifest.json",
+        "metadata.json",
+    ]
     meta = json.loads((pkg / "metadata.json").read_text())
     sha1 = hashlib.sha1((assets["dir"] / "base-model.pt").read_bytes()).hexdigest()
     assert meta["baseModelSignature"] == sha1 and meta["adapterIdentifier"] == f"fmadapter-tiny_adapter-{sha1[:7]}"
@@ -215,7 +250,7 @@ def test_export_with_coreml_draft_then_verify(assets, coreml_package):
     assert "logits: package adapter vs source checkpoint" in names
     assert "draft.mlpackage: 4-bit grouped-channel palettised" in names
     coreml = report.numbers["Core ML (4-bit LUT)"]
-    assert 0.02 < coreml["max_relative_error"] < 0.2                   # 4-bit: lossy, but not broken
+    assert 0.02 < coreml["max_relative_error"] < 0.2  # 4-bit: lossy, but not broken
     assert 0 <= coreml["acceptance"] <= 1
     assert report.numbers["adapter_effect"] > 10 * report.numbers["logits_max_abs_diff"]
 
@@ -227,7 +262,7 @@ def test_coreml_draft_program_and_weights(assets, coreml_package):
 
     state, info = read_coreml_draft(coreml_package / "draft.mlpackage", assets["draft_cfg"])
     dcfg = assets["draft_cfg"]
-    assert info["palettized"] == 1 + 4 * dcfg.num_layers                # embedding (tied) + 4 matrices per layer
+    assert info["palettized"] == 1 + 4 * dcfg.num_layers  # embedding (tied) + 4 matrices per layer
     q_kv_rows = (dcfg.num_heads + 2 * dcfg.num_kv_heads) * dcfg.head_dim
     rows = {dcfg.vocab_size, q_kv_rows, dcfg.hidden_dim, 2 * dcfg.ffn_dim}
     assert set(map(tuple, info["lut_shapes"].values())) == {(n // 16, 1, 16, 1) for n in rows}
@@ -235,9 +270,9 @@ def test_coreml_draft_program_and_weights(assets, coreml_package):
     assert not info["folded_norms"]
     source = load_draft_state(assets["draft"], dcfg)
     for k, v in source.items():
-        if v.ndim == 1:                                                # norms stay fp16
+        if v.ndim == 1:  # norms stay fp16
             assert torch.allclose(state[k], v, rtol=1e-3), k
-        else:                                                          # each group of 16 rows: <= 16 values
+        else:  # each group of 16 rows: <= 16 values
             rows = state[k].reshape(-1, 16 * v.shape[1])
             assert all(len(torch.unique(r)) <= 16 for r in rows), k
 
@@ -261,7 +296,7 @@ def test_verify_detects_a_damaged_adapter(assets, tmp_path):
     assert verify_fmadapter(pkg).ok
     path = pkg / "adapter_weights.bin"
     raw = bytearray(path.read_bytes())
-    raw[64 * 3 + 10] ^= 0x40                                           # flip a bit inside the first blob's data
+    raw[64 * 3 + 10] ^= 0x40  # flip a bit inside the first blob's data
     path.write_bytes(bytes(raw))
     report = verify_fmadapter(pkg)
     failed = {c.name for c in report.checks if c.ok is False}
@@ -280,7 +315,7 @@ def test_export_replaces_only_a_previous_package(assets, tmp_path):
     second = export(assets, tmp_path, description="two")
     assert first == second and json.loads((second / "metadata.json").read_text())["description"] == "two"
     assert (tmp_path / "notes.txt").read_text() == "keep me"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "tiny_adapter.fmadapter"]   # no temp dirs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "tiny_adapter.fmadapter"]  # no temp dirs
     other = tmp_path / "precious.fmadapter"
     other.mkdir()
     (other / "thesis.tex").write_text("do not delete")
@@ -325,18 +360,24 @@ def make_template(cfg, directory):
     (directory / "draft.mil").write_text("program(1.3)\n// synthetic draft program for fmlab's tests\n")
     mapping = {}
     with BlobWriter(directory / "weights_template.bin") as w:
-        w.write(np.arange(7, dtype=np.float16), "fp16")               # not in the spec: must survive
+        w.write(np.arange(7, dtype=np.float16), "fp16")  # not in the spec: must survive
         for name, shape in _mil_shapes(cfg).items():
             fmt = "linear_4bits" if name.endswith("_embedding") else "fp16" if len(shape) == 1 else "lut_4bits"
             rows, cols = shape[0], int(np.prod(shape[1:]))
-            counts = {"weight": rows, "data": rows * cols, "indices": rows * cols, "lut": rows // 16 * 16,
-                      "scale": cols if fmt == "linear_4bits" else rows}
+            counts = {
+                "weight": rows,
+                "data": rows * cols,
+                "indices": rows * cols,
+                "lut": rows // 16 * 16,
+                "scale": cols if fmt == "linear_4bits" else rows,
+            }
             offsets = {c: w.write(np.zeros(counts[c]), dtype) for c, dtype in FORMATS[fmt].items()}
             where = {"offset": offsets["weight"]} if fmt == "fp16" else {"offsets": offsets}
             mapping[name] = {"format": fmt, **where}
     sha = hashlib.sha256((directory / "draft.mil").read_bytes()).hexdigest()
-    (directory / "checkpoint_spec.yaml").write_text(yaml.safe_dump({"mil_sha256": sha, "source_mil": "synthetic",
-                                                                    "weights_mapping": mapping}))
+    (directory / "checkpoint_spec.yaml").write_text(
+        yaml.safe_dump({"mil_sha256": sha, "source_mil": "synthetic", "weights_mapping": mapping})
+    )
 
 
 @pytest.fixture
@@ -356,8 +397,9 @@ def test_template_fill_and_read_back(template_assets, tmp_path):
     assert (pkg / "draft.mil").read_bytes() == (a["dir"] / "draft.mil").read_bytes()
     template, filled = a["dir"] / "weights_template.bin", pkg / "draft_weights.bin"
     assert filled.stat().st_size == template.stat().st_size
-    assert [(e.metadata_offset, e.dtype, e.size) for e in read_index(filled)] == \
-        [(e.metadata_offset, e.dtype, e.size) for e in read_index(template)]
+    assert [(e.metadata_offset, e.dtype, e.size) for e in read_index(filled)] == [
+        (e.metadata_offset, e.dtype, e.size) for e in read_index(template)
+    ]
     np.testing.assert_array_equal(read_blob(filled, 64), np.arange(7, dtype=np.float16))
     manifest = json.loads((pkg / "fmlab-manifest.json").read_text())
     L = a["draft_cfg"].num_layers
@@ -396,7 +438,7 @@ def test_template_problems_are_clear_errors(template_assets, tmp_path):
     (a["dir"] / "weights_template.bin").unlink()
     with pytest.raises(FmlabError, match="needs all of"):
         export(a, out, draft=a["draft"])
-    assert not any(out.iterdir())                                     # nothing left behind
+    assert not any(out.iterdir())  # nothing left behind
 
 
 # --- CLI ------------------------------------------------------------------------------------------------
@@ -404,14 +446,30 @@ def test_template_problems_are_clear_errors(template_assets, tmp_path):
 
 def test_cli_export_and_verify(assets, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = main(["export", "-o", str(out), "-n", "cli_adapter", "-c", str(assets["adapter"]),
-               "--assets", str(assets["dir"]), "--author", "me", "--no-coreml"])
+    rc = main(
+        [
+            "export",
+            "-o",
+            str(out),
+            "-n",
+            "cli_adapter",
+            "-c",
+            str(assets["adapter"]),
+            "--assets",
+            str(assets["dir"]),
+            "--author",
+            "me",
+            "--no-coreml",
+        ]
+    )
     assert rc == 0 and "adapter_weights.bin" in capsys.readouterr().out
     assert json.loads((out / "cli_adapter.fmadapter" / "metadata.json").read_text())["author"] == "me"
     assert main(["verify-fmadapter", str(out / "cli_adapter.fmadapter")]) == 0
     assert "all checks passed" in capsys.readouterr().out
-    assert main(["export", "-o", str(out), "-n", "bad-name", "-c", str(assets["adapter"]),
-                 "--assets", str(assets["dir"])]) == 1
+    assert (
+        main(["export", "-o", str(out), "-n", "bad-name", "-c", str(assets["adapter"]), "--assets", str(assets["dir"])])
+        == 1
+    )
     assert "not allowed" in capsys.readouterr().err
     (out / "cli_adapter.fmadapter" / "metadata.json").write_text("{}")
     assert main(["verify-fmadapter", str(out / "cli_adapter.fmadapter")]) == 1
@@ -421,8 +479,9 @@ def test_checkpoint_may_be_a_run_directory(assets, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(assets["adapter"], run / "adapter-epoch2.pt")
-    (run / "checkpoints.json").write_text(json.dumps({"checkpoints": [{"path": "adapter-epoch2.pt", "eval_loss": 1.0}],
-                                                      "final": None}))
+    (run / "checkpoints.json").write_text(
+        json.dumps({"checkpoints": [{"path": "adapter-epoch2.pt", "eval_loss": 1.0}], "final": None})
+    )
     pkg = export_fmadapter(tmp_path / "out", "from_run", run, assets=assets["dir"], log=lambda *_: None)
     manifest = json.loads((pkg / "fmlab-manifest.json").read_text())
     assert manifest["sources"]["checkpoint"]["path"] == str((run / "adapter-epoch2.pt").resolve())

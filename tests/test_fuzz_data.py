@@ -6,6 +6,7 @@ non-blank line and nothing skipped, or raises a DataError whose every message st
 acceptances are a UTF-8 byte-order mark, CRLF line endings, blank lines and huge (but not over-long)
 contents, which tokenization truncates to the max length.
 """
+
 import json
 import os
 import random
@@ -26,7 +27,7 @@ from fmlab.data.validate import DataError, read_messages
 DATA = Path(__file__).resolve().parent.parent / "data"
 TRAIN = (DATA / "train.jsonl").read_bytes().split(b"\n")[:40]
 SAMPLE = [line for line in (DATA / "sample.jsonl").read_bytes().split(b"\n") if line]
-SEEDS = TRAIN + SAMPLE                 # valid lines: plays, system turns, tools, tool calls, formats
+SEEDS = TRAIN + SAMPLE  # valid lines: plays, system turns, tools, tool calls, formats
 GOOD = SEEDS[0]
 SECONDS_PER_CASE = 5.0
 
@@ -50,11 +51,11 @@ def check(path: Path, body: bytes, bad_lines=None, tokenizer=None) -> str:
             return "rejected"
         finally:
             assert time.perf_counter() - start < SECONDS_PER_CASE
-    for w in caught:                                  # warnings name their line too
+    for w in caught:  # warnings name their line too
         assert str(w.message).startswith(f"{path}:"), w.message
     lines = [line.removeprefix(b"\xef\xbb\xbf").strip(b" \t\r\n") for line in body.split(b"\n")]
     nonblank = [n for n, line in enumerate(lines, 1) if line]
-    assert [s.line for s in samples] == nonblank      # nothing skipped silently
+    assert [s.line for s in samples] == nonblank  # nothing skipped silently
     if tokenizer is not None:
         try:
             tokenize_dataset(tokenizer, samples, max_len=256)
@@ -75,10 +76,14 @@ def errors_of(path: Path, body: bytes) -> list[str]:
 
 NESTED_LISTS = b"[" * 100_000 + b"]" * 100_000
 NESTED_OBJECTS = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
-DEEP_TOOL = json.dumps([{"role": "user", "content": "q"},
-                        {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": {}}]},
-                        {"role": "tool", "content": {"r": json.loads("[" * 150 + "]" * 150)}},
-                        {"role": "assistant", "content": "a"}]).encode()
+DEEP_TOOL = json.dumps(
+    [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": {}}]},
+        {"role": "tool", "content": {"r": json.loads("[" * 150 + "]" * 150)}},
+        {"role": "assistant", "content": "a"},
+    ]
+).encode()
 
 NAMED = {
     # name: (bad line, a phrase the error must contain)
@@ -100,11 +105,15 @@ NAMED = {
     "invalid_utf8_surrogate": (b'[{"role": "user", "content": "\xed\xa0\x80"}]', "not valid UTF-8"),
     "latin1_text": ('[{"role": "user", "content": "café"}]'.encode("latin-1"), "not valid UTF-8"),
     "utf16_line": ('[{"role": "user"}]'.encode("utf-16"), "not valid UTF-8"),
-    "lone_surrogate_escape": (b'[{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "a"}]',
-                              "unpaired surrogate"),
+    "lone_surrogate_escape": (
+        b'[{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "a"}]',
+        "unpaired surrogate",
+    ),
     "null_byte_raw": (GOOD[:20] + b"\x00" + GOOD[20:], "invalid JSON"),
-    "null_byte_escaped": (b'[{"role": "user", "content": "a\\u0000b"}, {"role": "assistant", "content": "a"}]',
-                          "NUL character"),
+    "null_byte_escaped": (
+        b'[{"role": "user", "content": "a\\u0000b"}, {"role": "assistant", "content": "a"}]',
+        "NUL character",
+    ),
     "only_null_bytes": (b"\x00" * 64, "invalid JSON"),
     "duplicate_key": (b'[{"role": "user", "role": "assistant", "content": "q"}]', "duplicate key 'role'"),
     "duplicate_messages_key": (b'{"messages": [], "messages": []}', "duplicate key 'messages'"),
@@ -125,7 +134,7 @@ def test_named_corruption_names_its_line(tmp_path, name):
     errors = errors_of(path, GOOD + b"\n" + line + b"\n" + GOOD + b"\n")
     assert errors and all(e.startswith(f"{path}:2: ") for e in errors), errors
     assert any(phrase in e for e in errors), (phrase, errors)
-    assert all(len(e) < 400 for e in errors)           # a huge value is not echoed back
+    assert all(len(e) < 400 for e in errors)  # a huge value is not echoed back
 
 
 def test_huge_line_is_refused_without_reading_it_whole(tmp_path):
@@ -144,15 +153,28 @@ def test_accepted_variants(tmp_path, tiny_tokenizer):
     crlf = b"\r\n".join([GOOD, b"", SEEDS[1], b"  \t", SEEDS[2]]) + b"\r\n"
     assert check(path, crlf, tokenizer=tiny_tokenizer) == "accepted"
     assert [s.line for s in read_messages(path)] == [1, 3, 5]
-    big = json.dumps([{"role": "user", "content": "Write a long play."},
-                      {"role": "assistant", "content": "the king speaks. " * 60_000}]).encode()
+    big = json.dumps(
+        [
+            {"role": "user", "content": "Write a long play."},
+            {"role": "assistant", "content": "the king speaks. " * 60_000},
+        ]
+    ).encode()
     assert check(path, GOOD + b"\n" + big + b"\n", tokenizer=tiny_tokenizer) == "accepted"
     tokenized = tokenize_dataset(tiny_tokenizer, read_messages(path), max_len=4096)
-    assert tokenized.report.over_max == [f"{path}:2"]              # truncated and reported, not dropped
-    nested_ok = json.dumps([{"role": "user", "content": "q"},
-                            {"role": "assistant", "content": "a", "response_format": {
-                                "type": "json_schema", "json_schema": {"schema": json.loads(
-                                    '{"a":' * (MAX_DEPTH - 8) + "1" + "}" * (MAX_DEPTH - 8))}}}]).encode()
+    assert tokenized.report.over_max == [f"{path}:2"]  # truncated and reported, not dropped
+    nested_ok = json.dumps(
+        [
+            {"role": "user", "content": "q"},
+            {
+                "role": "assistant",
+                "content": "a",
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"schema": json.loads('{"a":' * (MAX_DEPTH - 8) + "1" + "}" * (MAX_DEPTH - 8))},
+                },
+            },
+        ]
+    ).encode()
     assert check(path, nested_ok, tokenizer=tiny_tokenizer) == "accepted"
 
 
@@ -171,9 +193,32 @@ def test_unreadable_paths(tmp_path):
 
 # --- seeded random mutations --------------------------------------------------------------------------
 
-JUNK = [None, True, 0, -1, 1.5e308, float("nan"), "", " ", "x" * 5000, "<turn_end>", "\u0000", [], {}, [[]],
-        {"role": "user"}, {"role": "assistant", "content": "a"}, "user", "assistant", "system", "tool",
-        [{"name": "f"}], {"type": "json_schema"}, "\ud800", "é" * 100]
+JUNK = [
+    None,
+    True,
+    0,
+    -1,
+    1.5e308,
+    float("nan"),
+    "",
+    " ",
+    "x" * 5000,
+    "<turn_end>",
+    "\u0000",
+    [],
+    {},
+    [[]],
+    {"role": "user"},
+    {"role": "assistant", "content": "a"},
+    "user",
+    "assistant",
+    "system",
+    "tool",
+    [{"name": "f"}],
+    {"type": "json_schema"},
+    "\ud800",
+    "é" * 100,
+]
 
 
 def byte_mutation(rng: random.Random, line: bytes) -> bytes:
@@ -184,7 +229,7 @@ def byte_mutation(rng: random.Random, line: bytes) -> bytes:
     if kind == 0:
         b[i] ^= 1 << rng.randrange(8)
     elif kind == 1:
-        del b[i:i + rng.randint(1, 40)]
+        del b[i : i + rng.randint(1, 40)]
     elif kind == 2:
         b[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
     elif kind == 3:
@@ -199,7 +244,7 @@ def byte_mutation(rng: random.Random, line: bytes) -> bytes:
         b[i:i] = rng.choice([b"\n", b"\r", b"\x00", b"\xef\xbb\xbf", b'"', b"\\", b"{", b"]", b"\\u", b"\xc3"])
     else:
         other = rng.choice(SEEDS)
-        b = b[:i] + other[rng.randrange(len(other)):]
+        b = b[:i] + other[rng.randrange(len(other)) :]
     return bytes(b)
 
 
@@ -211,8 +256,9 @@ def json_mutation(rng: random.Random, line: bytes) -> bytes:
     def walk(node):
         if isinstance(node, (list, dict)):
             containers.append(node)
-            for child in (node.values() if isinstance(node, dict) else node):
+            for child in node.values() if isinstance(node, dict) else node:
                 walk(child)
+
     walk(obj)
     node = rng.choice(containers)
     keys = list(node) if isinstance(node, dict) else list(range(len(node)))
@@ -264,8 +310,13 @@ def test_cli_validate_data_on_fuzzed_files(tmp_path, capsys):
 def test_cli_subprocess_has_no_traceback(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b"\xef\xbb\xbf" + GOOD + b"\r\n" + NAMED["duplicate_key"][0] + b"\r\n")
-    result = subprocess.run([sys.executable, "-m", "fmlab.cli", "validate-data", str(bad)],
-                            capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-m", "fmlab.cli", "validate-data", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 1, result.stderr
     assert f"{bad}:2: invalid JSON: duplicate key 'role'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -274,8 +325,14 @@ def test_cli_subprocess_has_no_traceback(tmp_path):
 def test_odd_tool_arguments_fail_at_tokenization_with_file_line(tmp_path, tiny_tokenizer):
     """Tool-call arguments are a JSON string the template parses again; a broken one names its line."""
     call = {"name": "f", "arguments": "9" * 5000}
-    line = json.dumps([{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [call]},
-                       {"role": "tool", "content": "r"}, {"role": "assistant", "content": "a"}]).encode()
+    line = json.dumps(
+        [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": "r"},
+            {"role": "assistant", "content": "a"},
+        ]
+    ).encode()
     path = tmp_path / "d.jsonl"
     path.write_bytes(GOOD + b"\n" + line + b"\n")
     with pytest.raises(DataError, match=f"{path}:2: cannot render this sample"):

@@ -1,5 +1,6 @@
 """Generation invariants: cached decode = full-forward argmax path, stops, left-padded batches,
 speculative greedy = greedy, and speculative sampling matches the target distribution."""
+
 import pytest
 import torch
 from conftest import sharp
@@ -28,7 +29,7 @@ def full_forward_greedy(model, prompt, n):
     ids = list(prompt)
     for _ in range(n):
         ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 def test_cached_greedy_equals_full_forward_argmax(target):
@@ -41,7 +42,7 @@ def test_stops_on_stop_token(target):
     prompt = [1, 5, 9, 33, 7]
     free = full_forward_greedy(target, prompt, 8)
     out, reasons, _ = generate_ids(target, [prompt], stop={free[3]}, max_new_tokens=8, sampling=GREEDY)
-    assert out[0] == free[:free.index(free[3]) + 1] and reasons == ["stop"]
+    assert out[0] == free[: free.index(free[3]) + 1] and reasons == ["stop"]
 
 
 def test_left_padded_batch_equals_one_by_one(target):
@@ -61,8 +62,9 @@ def test_context_overflow_is_a_clear_error(target):
 def test_speculative_greedy_equals_greedy(target, draft, same, k):
     prompt = [1, 5, 9, 33, 7, 100]
     plain = generate_ids(target, [prompt], stop=set(), max_new_tokens=20, sampling=GREEDY)[0][0]
-    spec, stats = speculative_generate(target, target if same else draft, prompt, stop=set(),
-                                       max_new_tokens=20, num_draft_tokens=k, sampling=GREEDY)
+    spec, stats = speculative_generate(
+        target, target if same else draft, prompt, stop=set(), max_new_tokens=20, num_draft_tokens=k, sampling=GREEDY
+    )
     assert spec == plain
     assert stats["proposed"] > 0
     if same:
@@ -73,7 +75,7 @@ def test_speculative_stops_like_greedy(target, draft):
     prompt = [1, 5, 9, 33, 7]
     free = full_forward_greedy(target, prompt, 10)
     spec, _ = speculative_generate(target, draft, prompt, stop={free[4]}, max_new_tokens=10, sampling=GREEDY)
-    assert spec == free[:free.index(free[4]) + 1]
+    assert spec == free[: free.index(free[4]) + 1]
 
 
 @torch.no_grad()
@@ -82,23 +84,30 @@ def test_speculative_sampling_matches_target_distribution():
     cfg = preset("tiny", vocab_size=6)
     target = build_model(cfg, seed=0).eval()
     draft = build_model(preset("tiny-draft", vocab_size=6), seed=3).eval()
-    with torch.no_grad():      # spread-out distributions that differ between draft and target
+    with torch.no_grad():  # spread-out distributions that differ between draft and target
         target.embedding.weight.mul_(2)
         draft.embedding.weight.mul_(2)
     s = Sampling(temperature=1.0, top_k=None)
     prompt = [1, 2, 3]
 
-    def joint(model):          # exact joint distribution of the next two tokens
+    def joint(model):  # exact joint distribution of the next two tokens
         p1 = probabilities(model(torch.tensor([prompt]))[0, -1], s)
         return torch.stack([p1[a] * probabilities(model(torch.tensor([prompt + [a]]))[0, -1], s) for a in range(6)])
 
     joint_target, joint_draft = joint(target), joint(draft)
-    assert 0.5 * (joint_target - joint_draft).abs().sum() > 0.3      # so the test can tell them apart
+    assert 0.5 * (joint_target - joint_draft).abs().sum() > 0.3  # so the test can tell them apart
     n = 2000
     counts = torch.zeros(6, 6)
     for seed in range(n):
-        out, _ = speculative_generate(target, draft, prompt, stop=set(), max_new_tokens=2, num_draft_tokens=2,
-                                      sampling=Sampling(temperature=1.0, top_k=None, seed=seed))
+        out, _ = speculative_generate(
+            target,
+            draft,
+            prompt,
+            stop=set(),
+            max_new_tokens=2,
+            num_draft_tokens=2,
+            sampling=Sampling(temperature=1.0, top_k=None, seed=seed),
+        )
         counts[out[0], out[1]] += 1
     empirical = counts / n
     tv = 0.5 * (empirical - joint_target).abs().sum()

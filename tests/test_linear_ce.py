@@ -1,4 +1,5 @@
 """The chunked linear cross-entropy equals F.cross_entropy(F.linear(h, W), y) in value and gradients."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ def reference(h, w, y):
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("train_weight", [False, True], ids=["frozen-head", "trained-head"])
 def test_loss_and_gradients_match_reference(monkeypatch, autocast, train_weight):
-    monkeypatch.setattr(linear_ce, "CHUNK_ELEMENTS", 40 * 64)        # several chunks, a ragged last one
+    monkeypatch.setattr(linear_ce, "CHUNK_ELEMENTS", 40 * 64)  # several chunks, a ragged last one
     monkeypatch.setattr(linear_ce, "MIN_CHUNK_ROWS", 16)
     torch.manual_seed(0)
     h0, w0, y = torch.randn(150, 32), torch.randn(64, 32) * 0.3, torch.randint(0, 64, (150,))

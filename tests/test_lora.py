@@ -1,4 +1,5 @@
 """LoRA invariants: Apple's init and scale, merge == unmerged, only LoRA trainable."""
+
 import math
 
 import torch
@@ -21,8 +22,7 @@ def test_apple_defaults_and_init():
     assert isinstance(m, LoRALinear) and m.scale == 0.5
     assert m.adapted == ["q", "k", "v"]
     assert all(float(b.abs().sum()) == 0 for b in m.lora_b.values())
-    a = torch.cat([p.flatten() for mod in lora_modules(model) for p in mod.lora_a.values()
-                   if mod.in_features == 64])
+    a = torch.cat([p.flatten() for mod in lora_modules(model) for p in mod.lora_a.values() if mod.in_features == 64])
     assert abs(a.std().item() - math.sqrt(1 / 64)) < 0.01
     assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if ".lora_" in n)
 
@@ -56,8 +56,10 @@ def test_only_lora_is_trainable(tiny_model):
 
 def test_afm_3b_lora_per_layer_counts():
     model = build_model(preset("afm-3b"), device="meta")
+
     def lora_in(block):
         return sum(p.numel() for n, p in block.named_parameters() if ".lora_" in n or n.startswith("lora_"))
+
     assert lora_in(model.layers[0]) == 1_245_184
     assert lora_in(model.layers[-1]) == 1_097_728
 
@@ -67,7 +69,7 @@ def test_inference_cache_follows_in_place_updates(tiny_model):
     with torch.inference_mode():
         before = tiny_model(x)
     with torch.no_grad():
-        tiny_model.layers[0].attn.qkv.lora_b["v"].add_(0.5)       # as an optimizer step would
+        tiny_model.layers[0].attn.qkv.lora_b["v"].add_(0.5)  # as an optimizer step would
     with torch.inference_mode():
         after = tiny_model(x)
     with torch.enable_grad():

@@ -1,5 +1,6 @@
 """Mismatched assets: each error names the file and what differs (vocabulary, keys, shapes, special
 pieces, the base an adapter was trained for)."""
+
 import json
 
 import pytest
@@ -13,7 +14,7 @@ from fmlab.errors import FmlabError
 from fmlab.model.config import LoRAConfig, preset, to_tamm_json
 from fmlab.model.transformer import build_model
 
-VOCAB = 640                      # fits the 600-piece test tokenizer
+VOCAB = 640  # fits the 600-piece test tokenizer
 
 
 def write_assets(d, tokenizer, cfg=None, weights_cfg=None, draft_cfg=None):
@@ -63,13 +64,22 @@ def test_missing_and_extra_keys_are_listed(tmp_path, tiny_tokenizer):
         load_base(d)
     message = str(err.value)
     assert str(d / "base-model.pt") in message
-    assert f"missing 1 key(s): {gone}" in message and "unexpected 1 key(s): layers.segment_0.layer_9.extra.weight" in message
+    assert (
+        f"missing 1 key(s): {gone}" in message
+        and "unexpected 1 key(s): layers.segment_0.layer_9.extra.weight" in message
+    )
 
 
 def test_tokenizer_without_the_special_pieces(tmp_path, tiny_tokenizer):
     d = write_assets(tmp_path / "a", tiny_tokenizer)
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(tiny_chat_corpus(100)), model_prefix=str(tmp_path / "plain"),
-                                   vocab_size=200, model_type="bpe", minloglevel=2, num_threads=1)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(tiny_chat_corpus(100)),
+        model_prefix=str(tmp_path / "plain"),
+        vocab_size=200,
+        model_type="bpe",
+        minloglevel=2,
+        num_threads=1,
+    )
     (d / "tokenizer.model").write_bytes((tmp_path / "plain.model").read_bytes())
     with pytest.raises(FmlabError) as err:
         load_tokenizer(d)
@@ -104,7 +114,9 @@ def test_native_adapter_records_its_base(tmp_path, tiny_tokenizer):
     other = adapter_of(preset("tiny", vocab_size=512), tmp_path / "other.safetensors")
     with pytest.raises(FmlabError) as err:
         load_base(d, checkpoint=other)
-    assert f"{other}: adapter was trained for another base model: vocab_size 512 (adapter) vs 640 (model)" in str(err.value)
+    assert f"{other}: adapter was trained for another base model: vocab_size 512 (adapter) vs 640 (model)" in str(
+        err.value
+    )
     rank = adapter_of(preset("tiny", vocab_size=VOCAB, lora=LoRAConfig(rank=8, alpha=8)), tmp_path / "r8.safetensors")
     with pytest.raises(FmlabError, match="r8.safetensors: adapter LoRA config .*rank=8.* differs"):
         load_base(d, checkpoint=rank)
@@ -122,10 +134,14 @@ def test_draft_checkpoint_for_another_draft(tmp_path, tiny_tokenizer):
     assert str(other) in str(err.value) and "differ from the config" in str(err.value)
 
 
-@pytest.mark.parametrize("text,phrase", [("{broken", "cannot read model config"),
-                                         ('{"__tamm_type__": "models:Other"}', "__tamm_type__ is 'models:Other'"),
-                                         ('{"__tamm_type__": "models:AFMTextV7Config", "vocab": 5}',
-                                          "unknown config field(s) vocab")])
+@pytest.mark.parametrize(
+    "text,phrase",
+    [
+        ("{broken", "cannot read model config"),
+        ('{"__tamm_type__": "models:Other"}', "__tamm_type__ is 'models:Other'"),
+        ('{"__tamm_type__": "models:AFMTextV7Config", "vocab": 5}', "unknown config field(s) vocab"),
+    ],
+)
 def test_config_that_does_not_parse(tmp_path, tiny_tokenizer, text, phrase):
     d = write_assets(tmp_path / "a", tiny_tokenizer)
     (d / "base-model-config.json").write_text(text)

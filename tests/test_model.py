@@ -1,4 +1,5 @@
 """Invariants of the AFM model: exact parameter counts, RoPE convention, cache and packing equivalences."""
+
 import torch
 
 from fmlab.model.config import LoRAConfig, preset
@@ -22,7 +23,7 @@ def test_rope_is_interleaved_gptj():
     cos, sin = rope_tables(torch.tensor([[pos]]), hd, theta)
     out = apply_rope(x, cos, sin).flatten()
     expected = []
-    for k, (x0, x1) in enumerate(((1.0, 2.0), (3.0, 4.0))):     # pairs are adjacent dims (2k, 2k+1)
+    for k, (x0, x1) in enumerate(((1.0, 2.0), (3.0, 4.0))):  # pairs are adjacent dims (2k, 2k+1)
         angle = torch.tensor(pos * theta ** (-2 * k / hd))
         expected += [x0 * angle.cos() - x1 * angle.sin(), x0 * angle.sin() + x1 * angle.cos()]
     torch.testing.assert_close(out, torch.stack(expected))
@@ -47,9 +48,9 @@ def test_cached_decode_equals_full_forward(tiny_model):
     x = torch.randint(1, 512, (2, 14))
     full = tiny_model(x)
     cache = tiny_model.new_cache(2, 14)
-    steps = [tiny_model(x[:, :6], cache=cache)]                 # prefill
-    for t in range(6, 14):                                      # decode one token at a time
-        steps.append(tiny_model(x[:, t:t + 1], cache=cache))
+    steps = [tiny_model(x[:, :6], cache=cache)]  # prefill
+    for t in range(6, 14):  # decode one token at a time
+        steps.append(tiny_model(x[:, t : t + 1], cache=cache))
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
@@ -58,7 +59,7 @@ def test_cache_rollback_then_replay(tiny_model):
     full = tiny_model(x)
     cache = tiny_model.new_cache(1, 16)
     tiny_model(x[:, :8], cache=cache)
-    tiny_model(torch.randint(1, 512, (1, 4)), cache=cache)      # a rejected speculative block
+    tiny_model(torch.randint(1, 512, (1, 4)), cache=cache)  # a rejected speculative block
     cache.rollback(8)
     torch.testing.assert_close(tiny_model(x[:, 8:], cache=cache), full[:, 8:], atol=1e-5, rtol=1e-5)
 
@@ -89,7 +90,7 @@ def test_kv_reuse_layers_read_segment0_kv(tiny_model):
     x = torch.randint(1, 512, (1, 8))
     before = tiny_model(x)
     last_regular = tiny_model.layers[tiny_model.config.num_regular_layers - 1].attn
-    assert not hasattr(tiny_model.layers[-1].attn, "qkv")          # no K/V projections of their own
+    assert not hasattr(tiny_model.layers[-1].attn, "qkv")  # no K/V projections of their own
     with torch.no_grad():
         last_regular.k_norm.weight.mul_(3.0)
     assert not torch.allclose(before, tiny_model(x), atol=1e-4)
@@ -107,8 +108,15 @@ def test_kv_fake_quant_rounds_to_int8_grid(tiny_model):
     assert not torch.allclose(before, after)
     # cached decode must quantise identically
     cache = tiny_model.new_cache(1, 8)
-    torch.testing.assert_close(torch.cat([tiny_model(x[:, :5], cache=cache), tiny_model(x[:, 5:6], cache=cache),
-                                          tiny_model(x[:, 6:], cache=cache)], 1), after, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.cat(
+            [tiny_model(x[:, :5], cache=cache), tiny_model(x[:, 5:6], cache=cache), tiny_model(x[:, 6:], cache=cache)],
+            1,
+        ),
+        after,
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_activation_checkpointing_keeps_lora_gradients(tiny_model):

@@ -2,6 +2,7 @@
 
 They run in order in a scratch workspace whose `data/` links to the repo's, so their `../out/` files
 link them to each other as in a real run without touching the user's own `out/`."""
+
 import json
 from pathlib import Path
 
@@ -36,6 +37,12 @@ def test_committed_without_outputs_and_with_parameters(path):
 def test_notebook_runs_headless(path, workspace):
     import papermill
 
-    papermill.execute_notebook(str(path), str(workspace / path.name), parameters={"SMOKE": True},
-                               kernel_name="python3", cwd=str(workspace), progress_bar=False,
-                               execution_timeout=600)
+    papermill.execute_notebook(
+        str(path),
+        str(workspace / path.name),
+        parameters={"SMOKE": True},
+        kernel_name="python3",
+        cwd=str(workspace),
+        progress_bar=False,
+        execution_timeout=600,
+    )

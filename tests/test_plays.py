@@ -1,5 +1,6 @@
 """The toy play dataset and its metric: deterministic, parseable, scored 1.0 when right and lower when not,
 and the committed splits are exactly the generator's output."""
+
 import json
 import random
 from pathlib import Path
@@ -47,11 +48,11 @@ def test_plays_are_short_and_follow_the_request():
         assert len(scenes) - 1 == req.scenes
         speakers = []
         for a, b in zip(scenes, scenes[1:]):
-            scene = [line.split(":")[0] for line in lines[a + 2:b]]              # after SCENE n and the direction
+            scene = [line.split(":")[0] for line in lines[a + 2 : b]]  # after SCENE n and the direction
             assert 2 <= len(scene) <= 4
-            assert all(x != y for x, y in zip(scene, scene[1:]))                 # no one speaks twice in a row
+            assert all(x != y for x, y in zip(scene, scene[1:]))  # no one speaks twice in a row
             speakers += scene
-        assert {c.upper() for c in req.characters} <= set(speakers)              # everyone in the cast speaks
+        assert {c.upper() for c in req.characters} <= set(speakers)  # everyone in the cast speaks
         assert 40 <= len(s[-1]["content"].split()) <= 160
 
 
@@ -64,7 +65,7 @@ def _corruptions(good: str, rng: random.Random) -> dict[str, str]:
         "missing character": good.replace("CAST: DRAGON, BAKER", "CAST: DRAGON"),
         "wrong setting": good.replace("SETTING: a bakery", "SETTING: a beach"),
         "misnumbered scenes": good.replace("SCENE 2", "SCENE 3"),
-        "no stage direction": "\n".join(lines[:first_direction] + lines[first_direction + 1:]),
+        "no stage direction": "\n".join(lines[:first_direction] + lines[first_direction + 1 :]),
         "speaker not in cast": good.replace("DRAGON:", "WIZARD:", 1),
         "no title": "\n".join(lines[1:]),
         "lower-case cast": good.replace("CAST: DRAGON, BAKER", "CAST: dragon, baker"),
@@ -87,11 +88,11 @@ def test_score_parts_and_tolerated_whitespace():
     good = play_text(REQUEST, random.Random(1))
     assert play_format_checks(PROMPT, good) == {"format": 1.0, "characters": 1.0, "setting": 1.0, "scenes": 1.0}
     assert play_format_checks(PROMPT, good.replace("CAST: DRAGON, BAKER", "CAST: DRAGON"))["characters"] == 0.5
-    no_title = "\n".join(good.splitlines()[1:])              # costs one of seven format checks, nothing else
+    no_title = "\n".join(good.splitlines()[1:])  # costs one of seven format checks, nothing else
     assert play_format_checks(PROMPT, no_title) == {"format": 6 / 7, "characters": 1.0, "setting": 1.0, "scenes": 1.0}
-    assert play_format_score(PROMPT, "\n" + good.replace("\n", "\n\n") + "\n  ") == 1.0   # blank lines are fine
+    assert play_format_score(PROMPT, "\n" + good.replace("\n", "\n\n") + "\n  ") == 1.0  # blank lines are fine
     messages = [{"role": "system", "content": "You write plays about a wizard."}, {"role": "user", "content": PROMPT}]
-    assert play_format_score(messages, good) == 1.0                  # the last user turn is the request
+    assert play_format_score(messages, good) == 1.0  # the last user turn is the request
 
 
 @pytest.mark.parametrize("name", list(SPLITS))
@@ -111,8 +112,9 @@ def test_committed_splits_are_the_generator_output(tmp_path):
     keys = {}
     for name, size in SPLITS.items():
         committed = (DATA / f"{name}.jsonl").read_bytes()
-        assert committed == (tmp_path / f"{name}.jsonl").read_bytes(), \
+        assert committed == (tmp_path / f"{name}.jsonl").read_bytes(), (
             f"data/{name}.jsonl is stale: run `python -m fmlab.tiny.plays`"
+        )
         samples = [json.loads(line) for line in committed.decode().splitlines()]
         assert len(samples) == size
         keys[name] = {(frozenset(r.characters), r.setting, r.scenes) for r in map(parse_request, samples)}

@@ -1,4 +1,5 @@
-"""4-bit draft formats (afm-facts.md §8.3): k-means LUTs per 16-channel group and int4 per column."""
+"""4-bit draft formats (docs/afm-format.md §8.3): k-means LUTs per 16-channel group and int4 per column."""
+
 import numpy as np
 import pytest
 import torch
@@ -25,7 +26,7 @@ def test_kmeans_centroids_are_the_means_of_their_clusters():
     lut, idx = kmeans_1d(x)
     for g in range(3):
         for c in idx[g].unique():
-            assert abs(float(x[g][idx[g] == c].mean() - lut[g, c])) < 1e-5      # Lloyd fixed point
+            assert abs(float(x[g][idx[g] == c].mean() - lut[g, c])) < 1e-5  # Lloyd fixed point
     assert (lut[:, 1:] >= lut[:, :-1]).all()
 
 
@@ -43,7 +44,7 @@ def test_kmeans_is_as_good_as_coremltools_helper():
 
 def test_lut4_layout_and_error():
     w = torch.randn(64, 48, generator=torch.Generator().manual_seed(2)) * 0.02
-    w[5] *= 10                                              # one loud channel: the per-channel scale absorbs it
+    w[5] *= 10  # one loud channel: the per-channel scale absorbs it
     scale, lut, idx = lut4_quantize(w, group_size=16)
     assert scale.dtype == torch.float16 and scale.shape == (64,)
     assert lut.dtype == torch.float16 and lut.shape == (4, 16)
@@ -63,7 +64,7 @@ def test_lut4_rejects_channels_not_divisible_by_the_group():
 
 def test_int4_per_column_matches_the_spec():
     w = torch.randn(100, 8, generator=torch.Generator().manual_seed(3))
-    w[:, 3] = 0                                             # an all-zero column gets the 1e-6 floor
+    w[:, 3] = 0  # an all-zero column gets the 1e-6 floor
     q, scale = int4_quantize(w)
     assert q.dtype == torch.int8 and int(q.min()) >= -8 and int(q.max()) <= 7
     expected = (w.abs().amax(0) / 7).clamp_min(1e-6).half()

@@ -1,5 +1,6 @@
 """The teacher's top-k cache: later epochs skip the teacher and see the same targets, documents are found
 again whatever row or padding they land in, and the coarsened divergence is a faithful lower bound."""
+
 import pytest
 import torch
 from test_distill import _pair
@@ -18,12 +19,13 @@ def _batch(rows, width):
     for r, (tokens, targets) in enumerate(rows):
         n = len(tokens)
         ids[r, :n], seg[r, :n] = torch.tensor(tokens), 1
-        labels[r, n - 1 - targets:n - 1] = torch.tensor(tokens[n - targets:])
+        labels[r, n - 1 - targets : n - 1] = torch.tensor(tokens[n - targets :])
     return {"input_ids": ids, "label_ids": labels, "segment_ids": seg}
 
 
 class CountingTeacher(torch.nn.Module):
     """Wraps a teacher and counts its forward passes."""
+
     def __init__(self, teacher):
         super().__init__()
         self.inner, self.calls = teacher, 0
@@ -48,10 +50,10 @@ def test_second_epoch_comes_from_the_cache_with_the_same_loss():
     batch = _batch([docs[1], docs[0]], 16)
     again = loss(student, batch)[0]
     assert counting.calls == 1 and loss.cache.hits == 1
-    with torch.autocast("cpu", dtype=torch.bfloat16):          # as under --draft-precision bf16-mixed
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as under --draft-precision bf16-mixed
         assert loss.cache.lookup(loss.cache.documents(batch, batch["label_ids"] != -100), "cpu") is not None
-    torch.testing.assert_close(again, first, rtol=2e-3, atol=1e-4)          # fp16 log-probs on disk
-    loss(student, _batch([docs[0], docs[2]], 12))                           # one new document: teacher runs
+    torch.testing.assert_close(again, first, rtol=2e-3, atol=1e-4)  # fp16 log-probs on disk
+    loss(student, _batch([docs[0], docs[2]], 12))  # one new document: teacher runs
     assert counting.calls == 2
 
 
@@ -61,7 +63,7 @@ def test_coarsened_divergence_is_a_lower_bound_and_exact_when_nothing_is_merged(
     for fn in (forward_kl, reverse_kl):
         full = fn(student, teacher)
         assert (fn(*coarsen(student, *coarse_teacher(teacher, 5))) <= full + 1e-5).all()
-        logp, ids = coarse_teacher(teacher, 19)      # "the rest" is then one token: nothing merged
+        logp, ids = coarse_teacher(teacher, 19)  # "the rest" is then one token: nothing merged
         torch.testing.assert_close(fn(*coarsen(student, logp, ids)), full, rtol=1e-4, atol=1e-4)
 
 
@@ -76,7 +78,7 @@ def test_cache_file_is_reused_only_for_the_same_teacher(tmp_path):
     assert len(TeacherTopK(4, path, teacher_fingerprint(teacher), "f32").docs) == 1
     assert TeacherTopK(4, path, teacher_fingerprint(other), "f32").docs == {}
     assert TeacherTopK(8, path, teacher_fingerprint(teacher), "f32").docs == {}
-    path.write_bytes(path.read_bytes()[:100])                      # truncated: rebuilt, no crash
+    path.write_bytes(path.read_bytes()[:100])  # truncated: rebuilt, no crash
     assert TeacherTopK(4, path, teacher_fingerprint(teacher), "f32").docs == {}
 
 

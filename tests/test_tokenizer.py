@@ -1,4 +1,5 @@
 """Tokenizer: "\\n" ↔ <n>, special ids by piece name, Apple's SentencePiece settings, deterministic training."""
+
 import io
 
 import pytest
@@ -47,8 +48,14 @@ def test_id_of_unknown_piece_raises(tiny_tokenizer):
 
 def test_tokenizer_without_special_pieces_names_file_and_pieces(tmp_path):
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(["the cat sat on the mat"] * 20), model_writer=model,
-                                   model_type="bpe", vocab_size=30, minloglevel=2, hard_vocab_limit=False)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(["the cat sat on the mat"] * 20),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=30,
+        minloglevel=2,
+        hard_vocab_limit=False,
+    )
     path = tmp_path / "plain.model"
     path.write_bytes(model.getvalue())
     with pytest.raises(FmlabError) as err:

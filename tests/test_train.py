@@ -1,4 +1,5 @@
 """The training loop: token-normalised accumulation, exact resume, checkpoints, NaN guard, schedules, DDP."""
+
 import json
 import os
 import socket
@@ -28,9 +29,9 @@ class Rows:
         for _ in range(n):
             length = int(torch.randint(6, 14, (), generator=g))
             ids = torch.randint(2, vocab, (length,), generator=g)
-            ids[0] = 1                                                 # eos starts every sample
+            ids[0] = 1  # eos starts every sample
             labels = torch.full((length,), -100)
-            labels[length // 2:-1] = ids[length // 2 + 1:]            # pre-shifted targets
+            labels[length // 2 : -1] = ids[length // 2 + 1 :]  # pre-shifted targets
             self.rows.append((ids, labels))
         self.batch_size = batch_size
 
@@ -40,7 +41,7 @@ class Rows:
     def epoch(self, n):
         order = torch.randperm(len(self.rows), generator=torch.Generator().manual_seed(100 + n)).tolist()
         for b in range(len(self)):
-            yield collate([self.rows[i] for i in order[b * self.batch_size:(b + 1) * self.batch_size]])
+            yield collate([self.rows[i] for i in order[b * self.batch_size : (b + 1) * self.batch_size]])
 
 
 def collate(rows):
@@ -48,7 +49,7 @@ def collate(rows):
     ids = torch.zeros(len(rows), T, dtype=torch.long)
     labels = torch.full((len(rows), T), -100)
     for i, (x, y) in enumerate(rows):
-        ids[i, :len(x)], labels[i, :len(y)] = x, y
+        ids[i, : len(x)], labels[i, : len(y)] = x, y
     seg = torch.where(ids == 0, 0, 2)
     return {"input_ids": ids, "label_ids": labels, "segment_ids": seg}
 
@@ -56,7 +57,7 @@ def collate(rows):
 def fresh_model():
     model = build_model(preset("tiny"), seed=0)
     with torch.no_grad():
-        model.embedding.weight.mul_(25)     # logits with room to move, so a tiny LoRA can fit the data
+        model.embedding.weight.mul_(25)  # logits with room to move, so a tiny LoRA can fit the data
     mark_only_lora_trainable(model)
     return model
 
@@ -108,7 +109,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
     for k, v in lora_state_dict(full).items():
         assert torch.equal(lora_state_dict(resumed)[k], v), k
     steps = [json.loads(line)["step"] for line in (tmp_path / "crash" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(set(steps))            # no duplicated rows after the crash
+    assert steps == sorted(set(steps))  # no duplicated rows after the crash
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -152,12 +153,26 @@ def test_ddp_two_processes_match_one(tmp_path):
     one, _ = run(tmp_path / "one", Rows(n=8, batch_size=2), epochs=1, gradient_accumulation_steps=2)
     script = Path(__file__).with_name("ddp_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    with socket.socket() as s:          # a free port: a fixed one can still be held from an earlier run
+    with socket.socket() as s:  # a free port: a fixed one can still be held from an earlier run
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(port), str(script), str(tmp_path / "two")],
-                          env=env, timeout=300, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            str(script),
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     two = read_adapter(tmp_path / "two" / "adapter-final.pt", one.config)
     for k, v in lora_state_dict(one).items():

@@ -1,5 +1,6 @@
 """Untrusted files and names: no pickled code runs on any load path, the package source uses no unsafe
 deserialiser, and no user-given name can make fmlab write outside the output directory."""
+
 import ast
 import json
 import os
@@ -31,7 +32,7 @@ def calls(tree):
         if isinstance(node, ast.Call):
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            owner = getattr(func.value, "id", "<expr>") if isinstance(func, ast.Attribute) else ""   # "": a builtin
+            owner = getattr(func.value, "id", "<expr>") if isinstance(func, ast.Attribute) else ""  # "": a builtin
             yield owner, name, {k.arg: k.value for k in node.keywords}, node
 
 
@@ -43,20 +44,31 @@ def test_every_torch_load_in_the_package_is_weights_only():
         for owner, name, kw, node in calls(tree):
             if owner == "torch" and name == "load":
                 weights_only = kw.get("weights_only")
-                assert isinstance(weights_only, ast.Constant) and weights_only.value is True, \
+                assert isinstance(weights_only, ast.Constant) and weights_only.value is True, (
                     f"{path}:{node.lineno}: torch.load without weights_only=True"
+                )
                 compliant.add(id(node.func))
                 found.append(f"{path.name}:{node.lineno}")
-        for node in ast.walk(tree):          # no `loader = torch.load` or `from torch import load`
+        for node in ast.walk(tree):  # no `loader = torch.load` or `from torch import load`
             if isinstance(node, ast.Attribute) and node.attr == "load" and getattr(node.value, "id", "") == "torch":
                 assert id(node) in compliant, f"{path}:{node.lineno}: torch.load used indirectly"
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch"):
                 assert "load" not in {a.name for a in node.names}, f"{path}:{node.lineno}"
-    assert len(found) >= 2, found            # checkpoint.load_torch and the resume state at least
+    assert len(found) >= 2, found  # checkpoint.load_torch and the resume state at least
 
 
-@pytest.mark.parametrize("owner,name", [("pickle", "load"), ("pickle", "loads"), ("yaml", "load"),
-                                        ("marshal", "loads"), ("", "eval"), ("", "exec"), ("dill", "load")])
+@pytest.mark.parametrize(
+    "owner,name",
+    [
+        ("pickle", "load"),
+        ("pickle", "loads"),
+        ("yaml", "load"),
+        ("marshal", "loads"),
+        ("", "eval"),
+        ("", "exec"),
+        ("dill", "load"),
+    ],
+)
 def test_no_unsafe_deserialiser_in_the_package(owner, name):
     for path in SOURCES:
         for o, n, kw, node in calls(ast.parse(path.read_text(), str(path))):
@@ -86,14 +98,14 @@ def test_a_pickle_payload_is_refused_on_every_load_path(tmp_path):
     cfg_path = tmp_path / "base-model-config.json"
     cfg_path.write_text(json.dumps(to_tamm_json(preset("tiny"))))
     with pytest.raises(FmlabError, match="not a loadable weights-only"):
-        load_model(cfg_path, evil)                                        # as base weights
+        load_model(cfg_path, evil)  # as base weights
     run = tmp_path / "run"
     run.mkdir()
     torch.save({"trainable": {}, "rng": Payload(marker)}, run / "last.pt")
     model = build_model(preset("tiny"), seed=0)
     optimizer = torch.optim.AdamW(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    with pytest.raises(FmlabError, match="not a readable resume state"):            # as resume state
+    with pytest.raises(FmlabError, match="not a readable resume state"):  # as resume state
         CheckpointManager(run, "adapter", save_adapter).load_last(model, optimizer, scheduler, None)
     assert not marker.exists()
 
@@ -127,7 +139,7 @@ def test_checkpoint_prefix_cannot_leave_the_run_directory(tmp_path):
     manager = CheckpointManager(out, "adapter", save_adapter)
     with pytest.raises(FmlabError, match="checkpoint name"):
         manager.save_candidate(model, "x/../../escaped", 1.0)
-    assert listing(tmp_path) <= {"runs", "runs/run"}                   # nothing written anywhere
+    assert listing(tmp_path) <= {"runs", "runs/run"}  # nothing written anywhere
 
 
 @pytest.mark.parametrize("name", ["../escaped", "a/b", "..", "x.fmadapter/../../y", "évil", "with-hyphen"])

@@ -1,4 +1,5 @@
 """Widgets degrade to static output headlessly and never block; `fmlab generate` runs on a tiny assets dir."""
+
 import json
 import shutil
 import time
@@ -20,19 +21,26 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def synthetic_rows(n=60):
     for step in range(1, n + 1):
-        yield {"step": step, "epoch": step / 20, "loss": 3.0 / step ** 0.3, "lr": 1e-3 * min(1, step / 10),
-               "grad_norm": 1.0, "tokens_per_s": 1000.0 + step, "peak_memory_mb": 12.0}
+        yield {
+            "step": step,
+            "epoch": step / 20,
+            "loss": 3.0 / step**0.3,
+            "lr": 1e-3 * min(1, step / 10),
+            "grad_norm": 1.0,
+            "tokens_per_s": 1000.0 + step,
+            "peak_memory_mb": 12.0,
+        }
 
 
 def test_live_loss_plot_writes_a_png_headless_without_blocking(tmp_path):
     plot = LiveLossPlot(path=tmp_path / "run" / "loss.png", title="adapter", png_interval_s=3600)
-    assert plot.live is False                                          # pytest is no kernel
+    assert plot.live is False  # pytest is no kernel
     start = time.perf_counter()
     for row in synthetic_rows():
         plot.on_step(row)
         if row["step"] % 20 == 0:
             plot.on_eval({"step": row["step"], "epoch": row["epoch"], "eval_loss": row["loss"] + 0.1})
-    first = (tmp_path / "run" / "loss.png").read_bytes()                # written at the first step
+    first = (tmp_path / "run" / "loss.png").read_bytes()  # written at the first step
     plot.on_end({"loss": 1.0})
     final = (tmp_path / "run" / "loss.png").read_bytes()
     assert time.perf_counter() - start < 10
@@ -97,30 +105,42 @@ def lm(tiny_tokenizer):
 
 
 def test_comparison_view_is_static_html_headless(lm, tiny_tokenizer):
-    view = ComparisonView({"base": None, "tuned": lm}, tiny_tokenizer, ["Enter <the> king & queen."],
-                          base_model=lm, max_new_tokens=4, score_fn=lambda p, t: 1.0)
+    view = ComparisonView(
+        {"base": None, "tuned": lm},
+        tiny_tokenizer,
+        ["Enter <the> king & queen."],
+        base_model=lm,
+        max_new_tokens=4,
+        score_fn=lambda p, t: 1.0,
+    )
     assert view.live is False
     page = view.static_html()
     assert "Enter &lt;the&gt; king &amp; queen." in page and ">base<" in page and ">tuned<" in page
     assert "Summary" in page and view.results is not None and len(view.results) == 2
     bundle = view._repr_mimebundle_()
     assert set(bundle) == {"text/html", "text/plain"} and bundle["text/html"] == page
-    assert view._widget is None                                          # headless: no widget was built
+    assert view._widget is None  # headless: no widget was built
 
 
 def test_comparison_view_widget_builds_and_generates(lm, tiny_tokenizer):
-    view = ComparisonView({"base": None, "tuned": lm}, tiny_tokenizer, ["Why is the king here?"],
-                          base_model=lm, max_new_tokens=4, live=True)
+    view = ComparisonView(
+        {"base": None, "tuned": lm},
+        tiny_tokenizer,
+        ["Why is the king here?"],
+        base_model=lm,
+        max_new_tokens=4,
+        live=True,
+    )
     bundle = view._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle and "<table" in bundle["text/html"]
     widget = view.widget()
     assert view.prompt_box.value == "Why is the king here?"
-    assert all(view.columns[n].value for n in ("base", "tuned"))       # filled from the static run
+    assert all(view.columns[n].value for n in ("base", "tuned"))  # filled from the static run
     view.prompt_box.value = "Speak of love."
     view.model_select.value = ("tuned",)
     assert len(view.column_box.children) == 1
     view.columns["tuned"].value = ""
-    view.button.click()                                                 # what the Generate button runs
+    view.button.click()  # what the Generate button runs
     assert "<pre" in view.columns["tuned"].value and "tok" in view.columns["tuned"].value
     assert "<table" in view.score_table.value and not view.button.disabled
     assert widget is view.widget()
@@ -134,8 +154,9 @@ def assets(tmp_path, tiny_tokenizer):
     vocab = tiny_tokenizer.vocab_size
     base = build_model(preset("tiny", vocab_size=vocab), seed=0)
     write_model_files(base, d, "base-model-config.json", "base-model.pt")
-    write_model_files(build_model(preset("tiny-draft", vocab_size=vocab), seed=1), d, "draft-model-config.json",
-                      "draft-model.pt")
+    write_model_files(
+        build_model(preset("tiny-draft", vocab_size=vocab), seed=1), d, "draft-model-config.json", "draft-model.pt"
+    )
     shutil.copy(tiny_tokenizer.source, d / "tokenizer.model")
     with torch.no_grad():
         for name, p in base.named_parameters():
@@ -146,19 +167,39 @@ def assets(tmp_path, tiny_tokenizer):
 
 
 def test_cli_generate_text_and_jsonl(assets, tmp_path, capsys):
-    rc = main(["generate", "--assets", str(assets), "-p", "Write a scene.", "-m", "5", "-t", "0",
-               "--precision", "f32"])
+    rc = main(["generate", "--assets", str(assets), "-p", "Write a scene.", "-m", "5", "-t", "0", "--precision", "f32"])
     out = capsys.readouterr().out
     assert rc == 0 and "tokens" in out and "tokens/s" in out
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text('[{"role": "user", "content": "Hi"}]\n[{"role": "system", "content": "Be brief."}, '
-                       '{"role": "user", "content": "Why?"}]\n')
-    rc = main(["generate", "--assets", str(assets), "-p", str(prompts), "-m", "4", "-bs", "2", "--output", "jsonl",
-               "-c", str(tmp_path / "adapter-final.pt"), "--top-k", "5", "--seed", "3"])
+    prompts.write_text(
+        '[{"role": "user", "content": "Hi"}]\n[{"role": "system", "content": "Be brief."}, '
+        '{"role": "user", "content": "Why?"}]\n'
+    )
+    rc = main(
+        [
+            "generate",
+            "--assets",
+            str(assets),
+            "-p",
+            str(prompts),
+            "-m",
+            "4",
+            "-bs",
+            "2",
+            "--output",
+            "jsonl",
+            "-c",
+            str(tmp_path / "adapter-final.pt"),
+            "--top-k",
+            "5",
+            "--seed",
+            "3",
+        ]
+    )
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rc == 0 and len(records) == 2 and records[1]["prompt"].endswith("prompts.jsonl:2")
     assert all(1 <= r["tokens"] <= 4 for r in records)
-    train = tmp_path / "test.jsonl"          # training samples: generated for without their answers
+    train = tmp_path / "test.jsonl"  # training samples: generated for without their answers
     train.write_text('[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "KING: Hello."}]\n')
     assert main(["generate", "--assets", str(assets), "-p", str(train), "-m", "2", "--output", "jsonl"]) == 0
     captured = capsys.readouterr()
@@ -166,26 +207,40 @@ def test_cli_generate_text_and_jsonl(assets, tmp_path, capsys):
 
 
 def test_cli_generate_with_a_draft_prints_acceptance(assets, capsys):
-    args = ["generate", "--assets", str(assets), "-p", "<turn_start> user<n>Hello<turn_end>", "-m", "6", "-t", "0",
-            "--precision", "f32"]
+    args = [
+        "generate",
+        "--assets",
+        str(assets),
+        "-p",
+        "<turn_start> user<n>Hello<turn_end>",
+        "-m",
+        "6",
+        "-t",
+        "0",
+        "--precision",
+        "f32",
+    ]
     assert main(args + ["--output", "jsonl"]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert main(args + ["--output", "jsonl", "--draft-checkpoint", "default", "--num_draft_tokens", "3"]) == 0
     captured = capsys.readouterr()
     spec = json.loads(captured.out)
-    assert spec["text"] == plain["text"] and spec["tokens"] == plain["tokens"]    # T=0: exactly plain greedy
+    assert spec["text"] == plain["text"] and spec["tokens"] == plain["tokens"]  # T=0: exactly plain greedy
     assert spec["speculative"]["proposed"] > 0 and "acceptance rate" in captured.err
     assert main(args + ["--draft-checkpoint", "default", "--num-draft-tokens", "2"]) == 0
     out = capsys.readouterr().out
     assert "acceptance rate" in out and "k=2" in out
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["-m", "0"], "--max-new-tokens must be at least 1"),
-    (["--top-p", "0"], "--top-p must be in (0, 1]"),
-    (["-p", "missing.jsonl"], "no such prompt file"),
-    (["--draft-checkpoint", "nowhere.pt"], "no such draft checkpoint"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["-m", "0"], "--max-new-tokens must be at least 1"),
+        (["--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["-p", "missing.jsonl"], "no such prompt file"),
+        (["--draft-checkpoint", "nowhere.pt"], "no such draft checkpoint"),
+    ],
+)
 def test_cli_generate_bad_input_is_one_clear_line(assets, capsys, flags, message):
     argv = ["generate", "--assets", str(assets), "-p", "Hi"] + flags
     assert main(argv) == 1

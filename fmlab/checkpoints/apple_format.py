@@ -1,4 +1,4 @@
-"""Checkpoint files: Apple's key layout (afm-facts.md §2–3) and fmlab's native safetensors format.
+"""Checkpoint files: Apple's key layout (docs/afm-format.md §2–3) and fmlab's native safetensors format.
 
 `apple_key_map(config)` is the one explicit map between fmlab's parameter names and Apple's
 `layers.segment_0.layer_i.attention.qkv_transform.wrapped...` keys, in Apple's state-dict order.
@@ -6,6 +6,7 @@ fmlab fuses the FFN gate/up projections (Apple's `linear_0`/`linear_1`), so thos
 rows of the fused weight they cover. Every file is written atomically; every load is
 `weights_only=True` (no pickled code runs) and memory-mapped.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,8 @@ _LORA_INDEX = {"q": 0, "k": 1, "v": 2}
 
 
 class KeyEntry(NamedTuple):
-    apple: str                 # Apple's key
-    fmlab: str                 # fmlab's key
+    apple: str  # Apple's key
+    fmlab: str  # fmlab's key
     rows: slice | None = None  # rows of the fmlab tensor this Apple tensor holds (fused gate/up)
 
 
@@ -80,7 +81,7 @@ def apple_key_map(cfg: ModelConfig) -> list[KeyEntry]:
             entries += _adapter_keys(f"{ff}hidden_transform.linear_{j}", m + "gate_up", {part: rows}, False, cfg)
         entries += _adapter_keys(ff + "output_transform", m + "down", {"down": None}, False, cfg)
     entries.append(KeyEntry("output_norm.weight", "output_norm.weight"))
-    entries.append(KeyEntry("output_transform.weight", "embedding.weight"))   # tied: same storage
+    entries.append(KeyEntry("output_transform.weight", "embedding.weight"))  # tied: same storage
     return entries
 
 
@@ -94,8 +95,10 @@ def _check_keys(present, expected, source):
     missing = sorted(set(expected) - set(present))
     unexpected = sorted(set(present) - set(expected))
     if missing or unexpected:
+
         def show(keys):
             return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+
         lines = [f"{source}: state dict does not match the model config"]
         if missing:
             lines.append(f"  missing {len(missing)} key(s): {show(missing)}")
@@ -112,7 +115,7 @@ def from_apple(state: dict, cfg: ModelConfig, source: str = "state dict", lora_o
     pieces: dict[str, list] = OrderedDict()
     for e in entries:
         if e.apple == "output_transform.weight":
-            continue                       # tied to the embedding; Apple's exporter asserts equality
+            continue  # tied to the embedding; Apple's exporter asserts equality
         pieces.setdefault(e.fmlab, []).append(by_key[_canonical(e.apple)])
     out = {k: (v[0] if len(v) == 1 else torch.cat(v)) for k, v in pieces.items()}
     _check_shapes(out, cfg, source)
@@ -122,8 +125,11 @@ def from_apple(state: dict, cfg: ModelConfig, source: str = "state dict", lora_o
 def _check_shapes(state: dict, cfg: ModelConfig, source: str):
 
     reference = build_model(cfg, device="meta").state_dict()
-    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(reference[k].shape)}"
-             for k, v in state.items() if tuple(v.shape) != tuple(reference[k].shape)]
+    wrong = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(reference[k].shape)}"
+        for k, v in state.items()
+        if tuple(v.shape) != tuple(reference[k].shape)
+    ]
     if wrong:
         raise FmlabError(f"{source}: {len(wrong)} tensor shape(s) differ from the config:\n  " + "\n  ".join(wrong[:8]))
 
@@ -136,7 +142,7 @@ def to_apple(state: dict, cfg: ModelConfig, lora_only: bool = False) -> OrderedD
         if lora_only and ".lora_" not in e.fmlab:
             continue
         if e.apple == "output_transform.weight":
-            out[e.apple] = out["embedding.weight"]     # tied: torch.save stores the storage once
+            out[e.apple] = out["embedding.weight"]  # tied: torch.save stores the storage once
             continue
         t = state[e.fmlab]
         out[e.apple] = (t if e.rows is None else t[e.rows]).detach().clone()
@@ -153,12 +159,12 @@ def load_torch(path: str | Path) -> dict:
     verify_recorded(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:   # pickle payloads, truncated files, non-torch files
+    except Exception as err:  # pickle payloads, truncated files, non-torch files
         raise FmlabError(f"{path}: not a loadable weights-only PyTorch file ({type(err).__name__}: {err})") from None
 
 
 def save_model(model, path: str | Path) -> None:
-    """The whole model (e.g. a draft) in Apple's key layout (afm-facts.md §2.3), fp32, atomically."""
+    """The whole model (e.g. a draft) in Apple's key layout (docs/afm-format.md §2.3), fp32, atomically."""
     state = {k.removeprefix("_orig_mod."): v.detach().float() for k, v in model.state_dict().items()}
     atomic_torch_save(to_apple(state, model.config), path)
 
@@ -172,8 +178,7 @@ def save_adapter(model, path: str | Path, fmt: str | None = None, extra: dict | 
 
     path = Path(path)
     fmt = fmt or ("native" if path.suffix == ".safetensors" else "apple")
-    state = {k.removeprefix("_orig_mod."): v.detach().float().contiguous()
-             for k, v in lora_state_dict(model).items()}
+    state = {k.removeprefix("_orig_mod."): v.detach().float().contiguous() for k, v in lora_state_dict(model).items()}
     if fmt == "apple":
         atomic_torch_save(to_apple(state, model.config, lora_only=True), path)
     elif fmt == "native":
@@ -193,7 +198,6 @@ def read_adapter(path: str | Path, cfg: ModelConfig) -> dict:
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors import safe_open
-
 
         verify_recorded(path)
         try:
@@ -222,8 +226,10 @@ def _check_saved_config(saved: dict, cfg: ModelConfig, path: Path) -> None:
     current = cfg.to_dict()
     fields = sorted(k for k in saved.keys() & current.keys() - {"lora", "context_length"} if saved[k] != current[k])
     if fields:
-        raise FmlabError(f"{path}: adapter was trained for another base model: "
-                         + ", ".join(f"{k} {saved[k]} (adapter) vs {current[k]} (model)" for k in fields))
+        raise FmlabError(
+            f"{path}: adapter was trained for another base model: "
+            + ", ".join(f"{k} {saved[k]} (adapter) vs {current[k]} (model)" for k in fields)
+        )
 
 
 def _fmlab_keys(cfg: ModelConfig) -> list[str]:
@@ -243,5 +249,8 @@ def warn_if_lora_nonzero(state: dict, source: str) -> None:
     """A base file should carry an untrained adapter (B = 0); say so if it does not."""
     nonzero = [k for k, v in state.items() if ".lora_b." in k and bool(v.any())]
     if nonzero:
-        warnings.warn(f"{source}: {len(nonzero)} LoRA B tensor(s) are non-zero, so the base already "
-                      f"carries a trained adapter (e.g. {nonzero[0]})", stacklevel=2)
+        warnings.warn(
+            f"{source}: {len(nonzero)} LoRA B tensor(s) are non-zero, so the base already "
+            f"carries a trained adapter (e.g. {nonzero[0]})",
+            stacklevel=2,
+        )

@@ -1,6 +1,7 @@
 """The assets-directory contract: build the base and draft models (and tokenizer) from a directory
-laid out like Apple's toolkit `assets/` (design.md). The embedded `fmlab-tiny` uses the same layout.
+laid out like Apple's toolkit `assets/` (ARCHITECTURE.md). The embedded `fmlab-tiny` uses the same layout.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,13 +30,20 @@ TOKENIZER = "tokenizer.model"
 def _require(directory: Path, name: str) -> Path:
     path = directory / name
     if not path.is_file():
-        raise FmlabError(f"{directory}: missing {name} (an assets directory needs {BASE_CONFIG}, "
-                         f"{BASE_WEIGHTS}, {DRAFT_CONFIG}, {DRAFT_WEIGHTS} and {TOKENIZER})")
+        raise FmlabError(
+            f"{directory}: missing {name} (an assets directory needs {BASE_CONFIG}, "
+            f"{BASE_WEIGHTS}, {DRAFT_CONFIG}, {DRAFT_WEIGHTS} and {TOKENIZER})"
+        )
     return path
 
 
-def load_model(config_path: Path, weights_path: Path, device="cpu", frozen_dtype: torch.dtype | None = None,
-               adapter: str | Path | None = None) -> Transformer:
+def load_model(
+    config_path: Path,
+    weights_path: Path,
+    device="cpu",
+    frozen_dtype: torch.dtype | None = None,
+    adapter: str | Path | None = None,
+) -> Transformer:
     """Build from a tamm config, load Apple-keyed weights strictly (memory-mapped), optionally cast
     the frozen base weights (LoRA and norms stay fp32) and load an adapter or draft checkpoint on top."""
     cfg = from_tamm_json(config_path)
@@ -50,19 +58,27 @@ def load_model(config_path: Path, weights_path: Path, device="cpu", frozen_dtype
     if adapter is not None:
         if cfg.lora is not None:
             load_adapter(model, adapter)
-        else:      # a draft checkpoint is a whole model, in Apple's draft layout
+        else:  # a draft checkpoint is a whole model, in Apple's draft layout
             model.load_state_dict(from_apple(load_torch(adapter), cfg, str(adapter)), strict=True)
     return model.eval()
 
 
-def load_base(assets: str | Path | None = None, checkpoint: str | Path | None = None, device="cpu",
-              frozen_dtype: torch.dtype | None = None) -> Transformer:
+def load_base(
+    assets: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    device="cpu",
+    frozen_dtype: torch.dtype | None = None,
+) -> Transformer:
     d = assets_dir(assets)
     return load_model(_require(d, BASE_CONFIG), _require(d, BASE_WEIGHTS), device, frozen_dtype, checkpoint)
 
 
-def load_draft(assets: str | Path | None = None, checkpoint: str | Path | None = None, device="cpu",
-               frozen_dtype: torch.dtype | None = None) -> Transformer:
+def load_draft(
+    assets: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    device="cpu",
+    frozen_dtype: torch.dtype | None = None,
+) -> Transformer:
     d = assets_dir(assets)
     return load_model(_require(d, DRAFT_CONFIG), _require(d, DRAFT_WEIGHTS), device, frozen_dtype, checkpoint)
 
@@ -76,8 +92,10 @@ def load_tokenizer(assets: str | Path | None = None):
     if (d / BASE_CONFIG).is_file():
         cfg = from_tamm_json(d / BASE_CONFIG)
         if tokenizer.vocab_size > cfg.vocab_size:
-            raise FmlabError(f"{d / TOKENIZER} has {tokenizer.vocab_size} pieces but {d / BASE_CONFIG} has "
-                             f"vocab_size {cfg.vocab_size}: the tokenizer belongs to another model")
+            raise FmlabError(
+                f"{d / TOKENIZER} has {tokenizer.vocab_size} pieces but {d / BASE_CONFIG} has "
+                f"vocab_size {cfg.vocab_size}: the tokenizer belongs to another model"
+            )
     return tokenizer
 
 

@@ -2,6 +2,7 @@
 `checkpoints.json` manifest with checksums, and a `last.pt` resume state (trainable weights,
 optimizer, scheduler, RNG, data position). Every file is written atomically.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ def read_manifest(checkpoint_dir: str | Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
         entries = manifest["checkpoints"] + ([manifest["final"]] if manifest.get("final") else [])
-        names = [e["path"] for e in entries] + ([manifest["best_by_acceptance"]]
-                                                if manifest.get("best_by_acceptance") else [])
+        names = [e["path"] for e in entries] + (
+            [manifest["best_by_acceptance"]] if manifest.get("best_by_acceptance") else []
+        )
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise FmlabError(f"{path}: not a readable checkpoint manifest ({type(err).__name__}: {err})") from None
     for name in names:
@@ -48,7 +50,8 @@ def verify_recorded(path: str | Path) -> None:
             raise FmlabError(
                 f"{path}: its sha256 differs from the one {MANIFEST} recorded, so the file is truncated, "
                 f"half-written or was changed after training. Resume the run (--resume) to rewrite it, "
-                f"or use another checkpoint of the run")
+                f"or use another checkpoint of the run"
+            )
 
 
 def best_checkpoint(checkpoint_dir: str | Path, key: str = "eval_loss") -> Path:
@@ -74,14 +77,21 @@ def _take_learning_rate(optimizer, scheduler, base_lrs: list[float]) -> None:
 
 
 class CheckpointManager:
-    def __init__(self, out_dir: str | Path, prefix: str, save_weights: Callable, keep_best: int = 2,
-                 config: dict | None = None, continue_run: bool = True):
-        self.prefix = safe_name(prefix, "checkpoint prefix")      # before anything is written
+    def __init__(
+        self,
+        out_dir: str | Path,
+        prefix: str,
+        save_weights: Callable,
+        keep_best: int = 2,
+        config: dict | None = None,
+        continue_run: bool = True,
+    ):
+        self.prefix = safe_name(prefix, "checkpoint prefix")  # before anything is written
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.save_weights, self.keep_best = save_weights, keep_best
         self.manifest = {"prefix": prefix, "config": config or {}, "checkpoints": [], "final": None}
-        if continue_run and (self.dir / MANIFEST).is_file():     # a fresh run starts a fresh ranking
+        if continue_run and (self.dir / MANIFEST).is_file():  # a fresh run starts a fresh ranking
             self.manifest = read_manifest(self.dir)
         self._remove_stale_temporaries()
 
@@ -111,9 +121,9 @@ class CheckpointManager:
         entries[:] = [c for c in entries if c["path"] != path.name]
         entries.append(self._record(path, metric=metric, **info))
         entries.sort(key=lambda c: c["metric"])
-        dropped = entries[self.keep_best:]
-        del entries[self.keep_best:]
-        self._write_manifest()          # first the manifest, so a crash leaves no entry without its file
+        dropped = entries[self.keep_best :]
+        del entries[self.keep_best :]
+        self._write_manifest()  # first the manifest, so a crash leaves no entry without its file
         for entry in dropped:
             (self.dir / entry["path"]).unlink(missing_ok=True)
         return True
@@ -137,7 +147,8 @@ class CheckpointManager:
     def save_last(self, model, optimizer, scheduler, scaler, position: dict):
         state = {
             "trainable": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "position": position,
@@ -151,9 +162,11 @@ class CheckpointManager:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             trainable = state["trainable"]
-        except Exception as err:    # truncated or foreign file, a pickle payload, another layout
-            raise FmlabError(f"{path}: not a readable resume state ({type(err).__name__}: {str(err)[:200]}); "
-                             f"start the run again without --resume") from None
+        except Exception as err:  # truncated or foreign file, a pickle payload, another layout
+            raise FmlabError(
+                f"{path}: not a readable resume state ({type(err).__name__}: {str(err)[:200]}); "
+                f"start the run again without --resume"
+            ) from None
         params = dict(model.named_parameters())
         wrong = sorted(n for n, t in trainable.items() if n not in params or params[n].shape != t.shape)
         if wrong:

@@ -4,6 +4,7 @@ Each command is a `cmd_<name>(args)` function plus an `add_<name>(subparsers)` t
 User errors (FmlabError) and the machine's (OSError: disk full, no permission, a path that is a file)
 print one clear line and exit 1; anything else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import argparse

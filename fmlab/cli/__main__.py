@@ -1,4 +1,5 @@
 """`python -m fmlab.cli`: the same as the `fmlab` command (used under torchrun)."""
+
 import sys
 
 from . import main

@@ -1,4 +1,5 @@
 """Everyday commands: info, doctor, demo, build-assets, estimate, validate-data."""
+
 from __future__ import annotations
 
 import sys
@@ -53,8 +54,6 @@ def add_demo(sub):
 
 def cmd_demo(args):
 
-
-
     timings = run_notebooks(smoke=args.smoke, only=args.only)
     for row in timings:
         print(f"{row['notebook']:>24}: {row['seconds']:7.1f} s")
@@ -72,8 +71,10 @@ def add_build_assets(sub):
 def cmd_build_assets(args):
 
     manifest = build_assets(args.out or REPO_ASSETS, Recipe(seed=args.seed), work=args.work)
-    print(f"built {manifest['name']} in {manifest['seconds']['total_s']:.0f} s; "
-          f"base play_format_score {manifest['base_play_format_score']}")
+    print(
+        f"built {manifest['name']} in {manifest['seconds']['total_s']:.0f} s; "
+        f"base play_format_score {manifest['base_play_format_score']}"
+    )
 
 
 def add_estimate(sub):
@@ -90,18 +91,22 @@ def add_estimate(sub):
 def cmd_estimate(args):
 
     cfg = preset(args.preset) if args.preset else from_tamm_json(assets_dir(args.assets) / BASE_CONFIG)
-    print(f"model: {cfg.num_layers} layers ({cfg.num_kv_reuse_layers} KV-reuse), hidden {cfg.hidden_dim}, "
-          f"vocab {cfg.vocab_size}; batch {args.batch_size} x {args.max_sequence_length}, {args.precision}"
-          + (", activation checkpointing" if args.activation_checkpointing else ""))
+    print(
+        f"model: {cfg.num_layers} layers ({cfg.num_kv_reuse_layers} KV-reuse), hidden {cfg.hidden_dim}, "
+        f"vocab {cfg.vocab_size}; batch {args.batch_size} x {args.max_sequence_length}, {args.precision}"
+        + (", activation checkpointing" if args.activation_checkpointing else "")
+    )
     estimates = {}
     for device in ("cpu", "cuda", "mps"):
-        estimates[device] = estimate_training(cfg, args.batch_size, args.max_sequence_length, args.precision,
-                                              args.activation_checkpointing, device=device)
+        estimates[device] = estimate_training(
+            cfg, args.batch_size, args.max_sequence_length, args.precision, args.activation_checkpointing, device=device
+        )
         gen = estimate_generation(cfg, args.batch_size, args.max_sequence_length, args.precision, device)
-        print(f"{device:>5}: training {estimates[device].total / GiB:7.2f} GiB   "
-              f"generation {gen.total / GiB:7.2f} GiB")
-    print("training breakdown (cuda, GiB): "
-          + ", ".join(f"{k} {v / GiB:.2f}" for k, v in estimates["cuda"].rows().items()))
+        print(f"{device:>5}: training {estimates[device].total / GiB:7.2f} GiB   generation {gen.total / GiB:7.2f} GiB")
+    print(
+        "training breakdown (cuda, GiB): "
+        + ", ".join(f"{k} {v / GiB:.2f}" for k, v in estimates["cuda"].rows().items())
+    )
 
 
 # --- validate-data (data pipeline) ---------------------------------------------------------------
@@ -110,8 +115,12 @@ def cmd_estimate(args):
 def add_validate_data(sub):
     p = sub.add_parser("validate-data", help="check every line of chat JSONL files and report their statistics")
     p.add_argument("files", nargs="+", metavar="FILE", help="JSONL files, one conversation per line")
-    p.add_argument("--mode", choices=["train", "prompt"], default="train",
-                   help="train: samples end with assistant; prompt: with user (default: train)")
+    p.add_argument(
+        "--mode",
+        choices=["train", "prompt"],
+        default="train",
+        help="train: samples end with assistant; prompt: with user (default: train)",
+    )
     p.add_argument("--max-sequence-length", type=int, help="report samples longer than this many tokens")
     p.add_argument("--assets", help="assets directory whose tokenizer.model gives the token statistics")
     p.set_defaults(func=cmd_validate_data)
@@ -119,7 +128,6 @@ def add_validate_data(sub):
 
 def cmd_validate_data(args):
     import warnings
-
 
     if args.max_sequence_length is not None and args.max_sequence_length < 1:
         raise FmlabError(f"--max-sequence-length must be at least 1, got {args.max_sequence_length}")

@@ -1,4 +1,5 @@
 """export and verify-fmadapter: the .fmadapter package."""
+
 from __future__ import annotations
 
 from fmlab.export.package import export_fmadapter, package_sizes
@@ -11,18 +12,28 @@ def add_export(sub):
     p = sub.add_parser("export", help="write an .fmadapter package (Apple's export_fmadapter flags)")
     p.add_argument("-o", "--output-dir", required=True, help="directory for <name>.fmadapter")
     p.add_argument("-n", "--adapter-name", required=True, help="package name: ASCII letters, digits and _ only")
-    p.add_argument("-c", "--checkpoint", required=True,
-                   help="adapter checkpoint (Apple .pt or fmlab .safetensors), or a training run directory (its best)")
-    p.add_argument("-d", "--draft-checkpoint",
-                   help="draft checkpoint (Apple draft layout .pt), or a draft run directory (its best)")
+    p.add_argument(
+        "-c",
+        "--checkpoint",
+        required=True,
+        help="adapter checkpoint (Apple .pt or fmlab .safetensors), or a training run directory (its best)",
+    )
+    p.add_argument(
+        "-d",
+        "--draft-checkpoint",
+        help="draft checkpoint (Apple draft layout .pt), or a draft run directory (its best)",
+    )
     p.add_argument("--author", default="3P developer", help='metadata author (default: "3P developer")')
     p.add_argument("--description", default="", help="metadata description")
     p.add_argument("--license", default="", help="metadata license")
     p.add_argument("--assets", help="assets directory of the base (default: $FMLAB_ASSETS or the embedded fmlab-tiny)")
-    p.add_argument("--base-signature", help="base model signature (default: Apple's for afm-3b, else the "
-                                            "sha1 of the assets' base-model.pt)")
-    p.add_argument("--num-draft-tokens", type=int, default=5,
-                   help="metadata speculativeDecodingDraftTokenCount (default: 5)")
+    p.add_argument(
+        "--base-signature",
+        help="base model signature (default: Apple's for afm-3b, else the sha1 of the assets' base-model.pt)",
+    )
+    p.add_argument(
+        "--num-draft-tokens", type=int, default=5, help="metadata speculativeDecodingDraftTokenCount (default: 5)"
+    )
     p.add_argument("--no-coreml", action="store_true", help="do not add draft.mlpackage (Core ML draft)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="accepted for Apple compatibility")
     p.add_argument("-q", "--quiet", action="count", default=0, help="print only the package path")
@@ -32,10 +43,20 @@ def add_export(sub):
 def cmd_export(args):
 
     log = (lambda *_: None) if args.quiet else print
-    path = export_fmadapter(args.output_dir, args.adapter_name, args.checkpoint, args.draft_checkpoint,
-                            author=args.author, description=args.description, license=args.license,
-                            assets=args.assets, base_signature=args.base_signature,
-                            num_draft_tokens=args.num_draft_tokens, coreml=not args.no_coreml, log=log)
+    path = export_fmadapter(
+        args.output_dir,
+        args.adapter_name,
+        args.checkpoint,
+        args.draft_checkpoint,
+        author=args.author,
+        description=args.description,
+        license=args.license,
+        assets=args.assets,
+        base_signature=args.base_signature,
+        num_draft_tokens=args.num_draft_tokens,
+        coreml=not args.no_coreml,
+        log=log,
+    )
     if args.quiet:
         print(path)
         return 0
@@ -59,9 +80,14 @@ def add_verify_fmadapter(sub):
 def cmd_verify_fmadapter(args):
     import json
 
-
-    report = verify_fmadapter(args.path, args.checkpoint, args.draft_checkpoint, args.assets,
-                              num_prompts=args.prompts, max_new_tokens=args.max_new_tokens)
+    report = verify_fmadapter(
+        args.path,
+        args.checkpoint,
+        args.draft_checkpoint,
+        args.assets,
+        num_prompts=args.prompts,
+        max_new_tokens=args.max_new_tokens,
+    )
     print(report.text())
     if args.json:
         print(json.dumps(report.numbers, indent=2, default=str))

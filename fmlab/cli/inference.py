@@ -1,4 +1,5 @@
 """generate: Apple's generate flags, with speculative decoding."""
+
 from __future__ import annotations
 
 import sys
@@ -18,11 +19,16 @@ from fmlab.train.draft import resolve_adapter
 
 
 def add_generate(sub):
-    p = sub.add_parser("generate", help="generate replies with the base, an adapter and optionally a draft "
-                                        "(Apple: examples.generate)")
-    p.add_argument("-p", "--prompt", required=True,
-                   help="user text; templated text (containing <turn_start>); or a .jsonl file of message "
-                        "lists, one prompt per line (training samples lose their last assistant turn)")
+    p = sub.add_parser(
+        "generate", help="generate replies with the base, an adapter and optionally a draft (Apple: examples.generate)"
+    )
+    p.add_argument(
+        "-p",
+        "--prompt",
+        required=True,
+        help="user text; templated text (containing <turn_start>); or a .jsonl file of message "
+        "lists, one prompt per line (training samples lose their last assistant turn)",
+    )
     p.add_argument("--precision", default="bf16-mixed", choices=PRECISIONS)
     p.add_argument("-bs", "--batch-size", type=int, default=1, help="prompts decoded together (left-padded)")
     p.add_argument("-t", "--temperature", type=float, default=1.0, help="<= 1e-5 means greedy")
@@ -31,27 +37,44 @@ def add_generate(sub):
     p.add_argument("-m", "--max-new-tokens", type=int, default=50)
     p.add_argument("-c", "--checkpoint", help="adapter file, or an adapter run directory (its best checkpoint)")
     p.add_argument("--compile-model", action="store_true", help="torch.compile the target model")
-    p.add_argument("--draft-checkpoint",
-                   help="decode speculatively with a draft: 'default' (the assets' draft-model.pt), a draft "
-                        "checkpoint file, or a draft run directory (its best draft by acceptance, else eval loss)")
-    p.add_argument("--num-draft-tokens", "--num_draft_tokens", dest="num_draft_tokens", type=int, default=5,
-                   help="tokens the draft proposes per round (Apple spells it --num_draft_tokens)")
+    p.add_argument(
+        "--draft-checkpoint",
+        help="decode speculatively with a draft: 'default' (the assets' draft-model.pt), a draft "
+        "checkpoint file, or a draft run directory (its best draft by acceptance, else eval loss)",
+    )
+    p.add_argument(
+        "--num-draft-tokens",
+        "--num_draft_tokens",
+        dest="num_draft_tokens",
+        type=int,
+        default=5,
+        help="tokens the draft proposes per round (Apple spells it --num_draft_tokens)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--assets", help="assets directory (default: $FMLAB_ASSETS or the embedded fmlab-tiny)")
     p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
-    p.add_argument("--output", choices=["text", "jsonl"], default="text",
-                   help="text: replies and statistics for reading; jsonl: one JSON record per prompt")
+    p.add_argument(
+        "--output",
+        choices=["text", "jsonl"],
+        default="text",
+        help="text: replies and statistics for reading; jsonl: one JSON record per prompt",
+    )
     p.set_defaults(func=cmd_generate)
 
 
 def _check_generate_flags(args):
-    problems = [f"{flag} must be {rule}, got {value}" for flag, value, ok, rule in (
-        ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "at least 1"),
-        ("--batch-size", args.batch_size, args.batch_size >= 1, "at least 1"),
-        ("--temperature", args.temperature, args.temperature >= 0, "0 or more"),
-        ("--top-k", args.top_k, args.top_k >= 0, "0 or more"),
-        ("--top-p", args.top_p, 0 < args.top_p <= 1, "in (0, 1]"),
-        ("--num-draft-tokens", args.num_draft_tokens, args.num_draft_tokens >= 1, "at least 1")) if not ok]
+    problems = [
+        f"{flag} must be {rule}, got {value}"
+        for flag, value, ok, rule in (
+            ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "at least 1"),
+            ("--batch-size", args.batch_size, args.batch_size >= 1, "at least 1"),
+            ("--temperature", args.temperature, args.temperature >= 0, "0 or more"),
+            ("--top-k", args.top_k, args.top_k >= 0, "0 or more"),
+            ("--top-p", args.top_p, 0 < args.top_p <= 1, "in (0, 1]"),
+            ("--num-draft-tokens", args.num_draft_tokens, args.num_draft_tokens >= 1, "at least 1"),
+        )
+        if not ok
+    ]
     if problems:
         raise FmlabError("; ".join(problems))
 
@@ -60,24 +83,24 @@ def _generate_prompts(tokenizer, prompt: str) -> list[tuple[str, list[int]]]:
     """(label, prompt ids) per prompt: a JSONL file, templated text, or one user turn."""
     from pathlib import Path
 
-
     if prompt.endswith(".jsonl"):
-
         if not Path(prompt).is_file():
             raise FmlabError(f"{prompt}: no such prompt file (-p takes text or a .jsonl of message lists)")
         try:
             samples = read_messages(prompt, "prompt")
-        except DataError as err:      # a file of training samples (e.g. a test split) works too
+        except DataError as err:  # a file of training samples (e.g. a test split) works too
             try:
                 samples = read_messages(prompt, "train")
             except DataError:
                 raise err from None
-            print(f"note: {prompt} holds training samples: generating for each without its last assistant turn",
-                  file=sys.stderr)
+            print(
+                f"note: {prompt} holds training samples: generating for each without its last assistant turn",
+                file=sys.stderr,
+            )
             for s in samples:
                 s.messages = s.messages[:-1]
         return [(s.where, encode_prompt(tokenizer, s.messages, s.tools)) for s in samples]
-    if "<turn_start>" in prompt:          # already templated: add the generation prompt if it is missing
+    if "<turn_start>" in prompt:  # already templated: add the generation prompt if it is missing
         text = prompt.replace("\n", "<n>")
         text += "" if text.rstrip().endswith(GENERATION_PROMPT) else GENERATION_PROMPT
         ids = tokenizer.encode(text)
@@ -90,7 +113,6 @@ def _draft_path(spec: str):
     """None for the assets' own draft ('default'), else a draft checkpoint file."""
     from pathlib import Path
 
-
     if spec == "default":
         return None
     path = Path(spec)
@@ -98,8 +120,9 @@ def _draft_path(spec: str):
         best = read_manifest(path).get("best_by_acceptance")
         path = path / best if best else best_checkpoint(path)
     if not path.is_file():
-        raise FmlabError(f"{spec}: no such draft checkpoint (use 'default', a draft-model-*.pt file or a "
-                         f"draft run directory)")
+        raise FmlabError(
+            f"{spec}: no such draft checkpoint (use 'default', a draft-model-*.pt file or a draft run directory)"
+        )
     return path
 
 
@@ -108,7 +131,6 @@ def cmd_generate(args):
     import time
 
     import torch
-
 
     _check_generate_flags(args)
     tokenizer = load_tokenizer(args.assets)
@@ -119,36 +141,62 @@ def cmd_generate(args):
     if args.draft_checkpoint:
         draft = load_draft(args.assets, checkpoint=_draft_path(args.draft_checkpoint), device=device)
         if draft.config.vocab_size != model.config.vocab_size:
-            raise FmlabError(f"draft vocabulary {draft.config.vocab_size} != base vocabulary "
-                             f"{model.config.vocab_size}: this draft cannot propose tokens for this base")
-    if args.precision == "bf16":     # bf16 weights throughout (Apple's reportedly degenerate mode)
+            raise FmlabError(
+                f"draft vocabulary {draft.config.vocab_size} != base vocabulary "
+                f"{model.config.vocab_size}: this draft cannot propose tokens for this base"
+            )
+    if args.precision == "bf16":  # bf16 weights throughout (Apple's reportedly degenerate mode)
         model, draft = model.to(torch.bfloat16), draft.to(torch.bfloat16) if draft is not None else None
     if args.compile_model:
         model = torch.compile(model)
     sampling = Sampling(args.temperature, args.top_k or None, args.top_p, args.seed)
     records = []
     if draft is None:
-        outs = generate(model, tokenizer, [ids for _, ids in prompts], args.max_new_tokens, sampling,
-                        args.batch_size, args.precision)
+        outs = generate(
+            model,
+            tokenizer,
+            [ids for _, ids in prompts],
+            args.max_new_tokens,
+            sampling,
+            args.batch_size,
+            args.precision,
+        )
         for (label, ids), g in zip(prompts, outs):
-            records.append({"prompt": label, "text": g.text, "prompt_tokens": len(ids), "tokens": len(g.token_ids),
-                            "finish_reason": g.finish_reason, "ttft_s": g.ttft_s, "latency_s": g.latency_s,
-                            "tokens_per_s": g.tokens_per_s})
+            records.append(
+                {
+                    "prompt": label,
+                    "text": g.text,
+                    "prompt_tokens": len(ids),
+                    "tokens": len(g.token_ids),
+                    "finish_reason": g.finish_reason,
+                    "ttft_s": g.ttft_s,
+                    "latency_s": g.latency_s,
+                    "tokens_per_s": g.tokens_per_s,
+                }
+            )
     else:
-
         if args.batch_size > 1:
             print("note: speculative decoding runs one prompt at a time; --batch-size is ignored", file=sys.stderr)
         stop = stop_ids(tokenizer)
         for label, ids in prompts:
             start = time.perf_counter()
-            out, stats = speculative_generate(model, draft, ids, stop, args.max_new_tokens, args.num_draft_tokens,
-                                              sampling, args.precision)
+            out, stats = speculative_generate(
+                model, draft, ids, stop, args.max_new_tokens, args.num_draft_tokens, sampling, args.precision
+            )
             latency = time.perf_counter() - start
-            records.append({"prompt": label, "text": tokenizer.decode([t for t in out if t not in stop]),
-                            "prompt_tokens": len(ids), "tokens": len(out),
-                            "finish_reason": "stop" if out and out[-1] in stop else "length",
-                            "ttft_s": stats["ttft_s"], "latency_s": latency,
-                            "tokens_per_s": len(out) / max(latency, 1e-9), "speculative": stats})
+            records.append(
+                {
+                    "prompt": label,
+                    "text": tokenizer.decode([t for t in out if t not in stop]),
+                    "prompt_tokens": len(ids),
+                    "tokens": len(out),
+                    "finish_reason": "stop" if out and out[-1] in stop else "length",
+                    "ttft_s": stats["ttft_s"],
+                    "latency_s": latency,
+                    "tokens_per_s": len(out) / max(latency, 1e-9),
+                    "speculative": stats,
+                }
+            )
     for i, r in enumerate(records):
         if args.output == "jsonl":
             print(json.dumps(r), flush=True)
@@ -156,15 +204,19 @@ def cmd_generate(args):
         if len(records) > 1:
             print(f"--- [{i + 1}/{len(records)}] {r['prompt']}")
         print(r["text"])
-        print(f"[{r['tokens']} tokens, {r['finish_reason']}, ttft {r['ttft_s'] * 1000:.0f} ms, "
-              f"{r['tokens_per_s']:.1f} tokens/s]")
+        print(
+            f"[{r['tokens']} tokens, {r['finish_reason']}, ttft {r['ttft_s'] * 1000:.0f} ms, "
+            f"{r['tokens_per_s']:.1f} tokens/s]"
+        )
     if draft is not None:
         proposed = sum(r["speculative"]["proposed"] for r in records)
         accepted = sum(r["speculative"]["accepted"] for r in records)
         rounds = sum(r["speculative"]["rounds"] for r in records)
         tokens = sum(r["tokens"] for r in records)
-        print(f"speculative decoding (k={args.num_draft_tokens}): accepted {accepted}/{proposed} drafted tokens "
-              f"(acceptance rate {accepted / max(proposed, 1):.1%}), mean accepted length "
-              f"{accepted / max(rounds, 1):.2f}, {tokens / max(rounds, 1):.2f} tokens per target forward",
-              file=sys.stderr if args.output == "jsonl" else sys.stdout)
+        print(
+            f"speculative decoding (k={args.num_draft_tokens}): accepted {accepted}/{proposed} drafted tokens "
+            f"(acceptance rate {accepted / max(proposed, 1):.1%}), mean accepted length "
+            f"{accepted / max(rounds, 1):.2f}, {tokens / max(rounds, 1):.2f} tokens per target forward",
+            file=sys.stderr if args.output == "jsonl" else sys.stdout,
+        )
     return 0

@@ -1,4 +1,5 @@
 """train-adapter and train-draft: Apple's training flags over one training loop."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,12 @@ def _training_flags(p, draft: bool = False):
     p.add_argument("--eval-data", help="chat JSONL for evaluation (else checkpoints rank by train loss)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("-lr", "--learning-rate", type=float, default=1e-3)
-    p.add_argument("--warmup-epochs", type=float, default=None,
-                   help="linear warmup length in epochs (Apple's flag); default: --warmup-fraction")
+    p.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=None,
+        help="linear warmup length in epochs (Apple's flag); default: --warmup-fraction",
+    )
     p.add_argument("--warmup-fraction", type=float, default=0.1, help="warmup as a fraction of all steps")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--gradient-accumulation-steps", type=int, default=1)
@@ -56,13 +61,26 @@ def _training_flags(p, draft: bool = False):
 def _train_config(args, prefix: str, precision: str, compile_model: bool, schedule: str, every_n: int):
 
     return TrainConfig(
-        epochs=args.epochs, learning_rate=args.learning_rate, warmup_epochs=args.warmup_epochs,
-        warmup_fraction=args.warmup_fraction, schedule=schedule, batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps, weight_decay=args.weight_decay,
-        clip_grad_norm=args.clip_grad_norm, precision=precision,
-        activation_checkpointing=args.activation_checkpointing, checkpoint_every_n=every_n,
-        compile_model=compile_model, eval_every=args.eval_every, checkpoint_frequency=args.checkpoint_frequency,
-        keep_best=args.keep_best, prefix=prefix, loss_update_frequency=args.loss_update_frequency, seed=args.seed)
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        warmup_epochs=args.warmup_epochs,
+        warmup_fraction=args.warmup_fraction,
+        schedule=schedule,
+        batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        weight_decay=args.weight_decay,
+        clip_grad_norm=args.clip_grad_norm,
+        precision=precision,
+        activation_checkpointing=args.activation_checkpointing,
+        checkpoint_every_n=every_n,
+        compile_model=compile_model,
+        eval_every=args.eval_every,
+        checkpoint_frequency=args.checkpoint_frequency,
+        keep_best=args.keep_best,
+        prefix=prefix,
+        loss_update_frequency=args.loss_update_frequency,
+        seed=args.seed,
+    )
 
 
 def _data_config(args):
@@ -83,35 +101,60 @@ def cmd_train_adapter(args):
 
     lora = None
     if args.lora_rank or args.lora_alpha:
-
         base = from_tamm_json(assets_dir(args.assets) / BASE_CONFIG).lora or LoRAConfig()
         lora = LoRAConfig(rank=args.lora_rank or base.rank, alpha=args.lora_alpha or base.alpha)
     config = _train_config(args, "adapter", args.precision, args.compile_model, "cosine", 2)
-    summary = train_adapter(args.train_data, args.checkpoint_dir, args.eval_data, config, _data_config(args),
-                            args.assets, lora, args.device, callbacks=_plot_callbacks(args), resume=args.resume,
-                            save_every=args.save_every)
+    summary = train_adapter(
+        args.train_data,
+        args.checkpoint_dir,
+        args.eval_data,
+        config,
+        _data_config(args),
+        args.assets,
+        lora,
+        args.device,
+        callbacks=_plot_callbacks(args),
+        resume=args.resume,
+        save_every=args.save_every,
+    )
     _print_summary(summary)
 
 
 def add_train_draft(sub):
-    p = sub.add_parser("train-draft", help="distil the draft model against base + adapter "
-                                           "(Apple: examples.train_draft_model)")
-    p.add_argument("--checkpoint", help="teacher adapter: a file, or an adapter run directory (its best "
-                                        "checkpoint by eval loss); default: the base alone")
+    p = sub.add_parser(
+        "train-draft", help="distil the draft model against base + adapter (Apple: examples.train_draft_model)"
+    )
+    p.add_argument(
+        "--checkpoint",
+        help="teacher adapter: a file, or an adapter run directory (its best "
+        "checkpoint by eval loss); default: the base alone",
+    )
     _training_flags(p, draft=True)
     p.add_argument("--divergence", default="reverse_kl", choices=("reverse_kl", "forward_kl", "jsd"))
     p.add_argument("--distill-temperature", type=float, default=1.0)
     p.add_argument("--jsd-beta", type=float, default=0.5)
-    p.add_argument("--on-policy", type=float, default=0.0, help="fraction of batches scored on the draft's "
-                                                                  "own continuations (GKD)")
-    p.add_argument("--teacher-replies", action="store_true", help="distil on the teacher's own greedy replies "
-                   "to the training prompts (sequence-level KD) instead of the reference replies")
-    p.add_argument("--cache-teacher-topk", type=int, default=0, metavar="K",
-                   help="keep the teacher's top-K log-probabilities per document (in memory and in "
-                        "CHECKPOINT_DIR/teacher-topk.pt), so later epochs skip the teacher: 6K + 2 bytes per "
-                        "target token; the divergence is then taken over those K tokens + the rest")
-    p.add_argument("--score-prompts", help="chat JSONL of held-out prompts: score every saved draft by "
-                                           "acceptance and speedup (default: --eval-data)")
+    p.add_argument(
+        "--on-policy", type=float, default=0.0, help="fraction of batches scored on the draft's own continuations (GKD)"
+    )
+    p.add_argument(
+        "--teacher-replies",
+        action="store_true",
+        help="distil on the teacher's own greedy replies "
+        "to the training prompts (sequence-level KD) instead of the reference replies",
+    )
+    p.add_argument(
+        "--cache-teacher-topk",
+        type=int,
+        default=0,
+        metavar="K",
+        help="keep the teacher's top-K log-probabilities per document (in memory and in "
+        "CHECKPOINT_DIR/teacher-topk.pt), so later epochs skip the teacher: 6K + 2 bytes per "
+        "target token; the divergence is then taken over those K tokens + the rest",
+    )
+    p.add_argument(
+        "--score-prompts",
+        help="chat JSONL of held-out prompts: score every saved draft by acceptance and speedup (default: --eval-data)",
+    )
     p.add_argument("--num-score-prompts", type=int, default=8)
     p.add_argument("--num-draft-tokens", type=int, default=5)
     p.add_argument("--plot", help="write the loss curve PNG here (default: CHECKPOINT_DIR/loss.png)")
@@ -124,15 +167,33 @@ def cmd_train_draft(args):
     prompts = None
     source = args.score_prompts or args.eval_data
     if source:
-
-        prompts = [s.messages[:-1] if s.messages[-1]["role"] == "assistant" else s.messages
-                   for s in read_messages(source, mode="train" if not args.score_prompts else "prompt")]
-        prompts = prompts[:args.num_score_prompts]
-    summary = train_draft(args.train_data, args.checkpoint_dir, args.eval_data, args.checkpoint, config,
-                          _data_config(args), args.assets, args.divergence, args.distill_temperature, args.jsd_beta,
-                          args.on_policy, args.target_precision, args.compile_target_model, prompts,
-                          args.num_draft_tokens, args.device, callbacks=_plot_callbacks(args), resume=args.resume,
-                          teacher_replies=args.teacher_replies, cache_teacher_topk=args.cache_teacher_topk)
+        prompts = [
+            s.messages[:-1] if s.messages[-1]["role"] == "assistant" else s.messages
+            for s in read_messages(source, mode="train" if not args.score_prompts else "prompt")
+        ]
+        prompts = prompts[: args.num_score_prompts]
+    summary = train_draft(
+        args.train_data,
+        args.checkpoint_dir,
+        args.eval_data,
+        args.checkpoint,
+        config,
+        _data_config(args),
+        args.assets,
+        args.divergence,
+        args.distill_temperature,
+        args.jsd_beta,
+        args.on_policy,
+        args.target_precision,
+        args.compile_target_model,
+        prompts,
+        args.num_draft_tokens,
+        args.device,
+        callbacks=_plot_callbacks(args),
+        resume=args.resume,
+        teacher_replies=args.teacher_replies,
+        cache_teacher_topk=args.cache_teacher_topk,
+    )
     _print_summary(summary)
     for row in summary.get("scores", []):
         print(f"  {row['draft']:>24}: acceptance {row['acceptance_rate']:.3f}, speedup {row['speedup']:.2f}x")
@@ -144,8 +205,10 @@ def _plot_callbacks(args):
 
 def _print_summary(summary):
     manifest = summary["manifest"]
-    print(f"done: {summary['steps']} steps, final train loss {summary['loss']:.4f}"
-          + (f", eval loss {summary['eval_loss']:.4f}" if summary["eval_loss"] is not None else ""))
+    print(
+        f"done: {summary['steps']} steps, final train loss {summary['loss']:.4f}"
+        + (f", eval loss {summary['eval_loss']:.4f}" if summary["eval_loss"] is not None else "")
+    )
     for c in manifest["checkpoints"]:
         print(f"  kept {c['path']}  (metric {c['metric']:.4f})")
     if manifest["final"]:
@@ -153,5 +216,7 @@ def _print_summary(summary):
     print(f"  metrics: {summary['out_dir']}/metrics.jsonl, manifest: {summary['out_dir']}/checkpoints.json")
     if "teacher_cache" in summary:
         c = summary["teacher_cache"]
-        print(f"  teacher top-{c['k']} cache: {c['documents']} documents, {c['megabytes']:.1f} MB; "
-              f"{c['batches_from_cache']} batches from the cache, {c['batches_through_teacher']} through the teacher")
+        print(
+            f"  teacher top-{c['k']} cache: {c['documents']} documents, {c['megabytes']:.1f} MB; "
+            f"{c['batches_from_cache']} batches from the cache, {c['batches_through_teacher']} through the teacher"
+        )

@@ -1,4 +1,4 @@
-"""Apple's chat template V6 (`AFMChatTemplateV6Preprocessor`, afm-facts.md §4, §5.1–5.2): messages → token
+"""Apple's chat template V6 (`AFMChatTemplateV6Preprocessor`, docs/afm-format.md §4, §5.1–5.2): messages → token
 ids and pre-shifted labels. The one renderer for training and generation, so a prompt is the same ids
 in both.
 
@@ -8,6 +8,7 @@ generation prompt `<turn_start> assistant<n>`. Ids: encode the whole text, drop 
 prefix), prepend `</s>`. Labels: the assistant content and its `<turn_end>`, in every assistant turn,
 shifted left by one so that `labels[t]` is the target of the logits at position t.
 """
+
 from __future__ import annotations
 
 import json
@@ -139,5 +140,3 @@ def encode_chat(
 def trained_mask(labels: list[int]) -> list[bool]:
     """Which input tokens are targets: labels shifted back by one (token t is the target of label t-1)."""
     return [False] + [label != IGNORE for label in labels[:-1]]
-
-

@@ -1,5 +1,6 @@
 """Validated samples → token ids and labels through the chat template, with the dataset's statistics
 (lengths, trained tokens, samples over the length limit)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -117,10 +118,13 @@ def tokenize_dataset(
     if errors:
         raise DataError(errors)
     if reject_long and report.over_max:
-        raise DataError([
-            f"{s.where}: {n} tokens, longer than max length {max_len} (shorten it or raise the max length)"
-            for s, n in zip(samples, report.lengths) if n > max_len
-        ])
+        raise DataError(
+            [
+                f"{s.where}: {n} tokens, longer than max length {max_len} (shorten it or raise the max length)"
+                for s, n in zip(samples, report.lengths)
+                if n > max_len
+            ]
+        )
     report.total_tokens = sum(len(s.input_ids) for s in encoded)
     report.trained_tokens = sum(label != IGNORE for s in encoded for label in s.label_ids)
     return TokenizedDataset(encoded, report, tokenizer.pad_id, tokenizer.eos_id, max_len)

@@ -8,12 +8,13 @@ Refused: invalid UTF-8, lines over MAX_LINE_BYTES (never read whole), nesting de
 duplicate keys, integers past Python's digit limit, and unpaired surrogates or NUL characters in
 strings (the tokenizer cannot take them).
 """
+
 from __future__ import annotations
 
 import json
 
-MAX_LINE_BYTES = 8 << 20    # 8 MiB: far beyond the 4096-token context, small enough to hold in memory
-MAX_DEPTH = 64              # JSON nesting: a JSON schema needs a dozen levels; Python recursion ~1000
+MAX_LINE_BYTES = 8 << 20  # 8 MiB: far beyond the 4096-token context, small enough to hold in memory
+MAX_DEPTH = 64  # JSON nesting: a JSON schema needs a dozen levels; Python recursion ~1000
 BOM = "\ufeff"
 
 BLANK = object()
@@ -50,8 +51,9 @@ def parse_line(raw: bytes | int):
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        return None, (f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
-                      "save the file as UTF-8")
+        return None, (
+            f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); save the file as UTF-8"
+        )
     text = text.removeprefix(BOM).strip(" \t\r\n")
     if not text:
         return BLANK, None
@@ -62,7 +64,7 @@ def parse_line(raw: bytes | int):
         return None, f"invalid JSON: {err.msg} (column {err.colno}){hint}"
     except RecursionError:
         return None, f"invalid JSON: nested too deeply (limit {MAX_DEPTH} levels)"
-    except ValueError as err:     # duplicate keys; integers past Python's 4300-digit limit
+    except ValueError as err:  # duplicate keys; integers past Python's 4300-digit limit
         text = str(err)
         return None, f"invalid JSON: {text if text.startswith('duplicate') else 'number with too many digits'}"
     return obj, _check_values(obj)

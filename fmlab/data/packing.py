@@ -1,6 +1,6 @@
 """From tokenized samples to batches: packing into rows of `max_len`, collation, deterministic batch order.
 
-- `pack`: which samples share a row. "greedy" is Apple's `PackedInstructMessagesDataset` (afm-facts.md
+- `pack`: which samples share a row. "greedy" is Apple's `PackedInstructMessagesDataset` (docs/afm-format.md
   §5.4): file order, flush when `len(current) + len(sample) >= max_len`. "best-fit" (default) is
   best-fit decreasing: longest first, each into the fullest row that still has room.
 - `collate`: Apple's `_collate_batch` (§5.3): pad inputs with pad_id and labels with -100, and
@@ -9,6 +9,7 @@
   document mask.
 - `Batches`: the rows of a dataset (packed or not) in a seeded order, epoch after epoch.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -142,9 +143,17 @@ class Batches:
         for batch in Batches(dataset, batch_size=4, pack=True, shuffle_seed=0).epoch(e): ...
     """
 
-    def __init__(self, dataset, batch_size: int, pack: bool = False, fixed: bool = False,
-                 strategy: str = "best-fit", shuffle_seed: int | None = None, drop_last: bool = False,
-                 max_len: int | None = None):
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        pack: bool = False,
+        fixed: bool = False,
+        strategy: str = "best-fit",
+        shuffle_seed: int | None = None,
+        drop_last: bool = False,
+        max_len: int | None = None,
+    ):
         self.max_len = max_len or dataset.max_len
         if (pack or fixed) and not self.max_len:
             raise ValueError("packed or fixed-size batches need max_len")
@@ -155,8 +164,10 @@ class Batches:
         pairs = [_pair(s) for s in dataset.samples]
         if self.max_len and any(len(ids) > self.max_len for ids, _ in pairs):
             long = [s.where for s in dataset.samples if len(s.input_ids) > self.max_len]
-            warnings.warn(f"{len(long)} sample(s) longer than {self.max_len} tokens are truncated: "
-                          f"{', '.join(long[:5])}", stacklevel=2)
+            warnings.warn(
+                f"{len(long)} sample(s) longer than {self.max_len} tokens are truncated: {', '.join(long[:5])}",
+                stacklevel=2,
+            )
             pairs = [(ids[: self.max_len], labels[: self.max_len]) for ids, labels in pairs]
         if pack:
             groups = _pack([len(ids) for ids, _ in pairs], self.max_len, strategy)

@@ -1,6 +1,6 @@
 """The tokenizer: a SentencePiece model with AFM's newline convention and special pieces.
 
-AFM's tokenizer (afm-facts.md §4) is a SentencePiece BPE model in which a newline is never a byte: every
+AFM's tokenizer (docs/afm-format.md §4) is a SentencePiece BPE model in which a newline is never a byte: every
 "\\n" becomes the user-defined piece `<n>` before encoding, and back after decoding. Chat structure uses
 the user-defined pieces `<turn_start>` and `<turn_end>`; tool calls use `<executable_start>` and
 `<executable_end>`. Their ids differ between Apple's `tokenizer.model` (150000, 150001, ...) and the
@@ -8,6 +8,7 @@ ones fmlab trains, so this module looks every special id up by its piece name an
 
 `train_tokenizer` trains fmlab's own model with Apple's settings where they fit at a small vocabulary.
 """
+
 from __future__ import annotations
 
 import io
@@ -25,14 +26,27 @@ SPACE = "\u2581"  # "▁", SentencePiece's whitespace marker; the dummy prefix i
 
 # Apple's special pieces after `<n>`, in Apple's id order (150000 ... 150020), §4.
 SPECIAL_PIECES = [
-    "<turn_start>", "<turn_end>",
-    "<||pre||>", "<||suf||>", "<||mid||>",
-    "<spec_stream_pos_1>", "<spec_stream_pos_2>", "<spec_stream_pos_3>", "<spec_stream_pos_4>",
-    "<executable_start>", "<executable_end>",
-    "<executable_results_start>", "<executable_results_end>",
-    "<image_start>", "<image_end>", "<||image_placeholder||>",
-    "<audio_start>", "<audio_end>",
-    "<video_start>", "<video_end>", "<||video_placeholder||>",
+    "<turn_start>",
+    "<turn_end>",
+    "<||pre||>",
+    "<||suf||>",
+    "<||mid||>",
+    "<spec_stream_pos_1>",
+    "<spec_stream_pos_2>",
+    "<spec_stream_pos_3>",
+    "<spec_stream_pos_4>",
+    "<executable_start>",
+    "<executable_end>",
+    "<executable_results_start>",
+    "<executable_results_end>",
+    "<image_start>",
+    "<image_end>",
+    "<||image_placeholder||>",
+    "<audio_start>",
+    "<audio_end>",
+    "<video_start>",
+    "<video_end>",
+    "<||video_placeholder||>",
 ]
 USER_DEFINED_PIECES = [NEWLINE, *SPECIAL_PIECES]
 
@@ -153,9 +167,12 @@ def train_tokenizer(
         max_sentencepiece_length=16,
         character_coverage=character_coverage,
         bos_id=-1,
-        pad_id=0, pad_piece="<pad>",
-        eos_id=1, eos_piece="</s>",
-        unk_id=2, unk_piece="<unk>",
+        pad_id=0,
+        pad_piece="<pad>",
+        eos_id=1,
+        eos_piece="</s>",
+        unk_id=2,
+        unk_piece="<unk>",
         control_symbols=["<mask>"],
         user_defined_symbols=USER_DEFINED_PIECES,
         # Reproducibility: use every sentence in the given order, on one thread.

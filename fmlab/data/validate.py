@@ -1,6 +1,6 @@
 """Chat JSONL: reading and validating every line, with file:line errors.
 
-Apple's toolkit checks one random sample (afm-facts.md §5.5); fmlab checks every line and reports all
+Apple's toolkit checks one random sample (docs/afm-format.md §5.5); fmlab checks every line and reports all
 problems at once, each as `file:line: messages[i].field: problem`.
 
 File format (one sample per line, blank lines skipped):
@@ -18,6 +18,7 @@ Samples with and without a system turn may be mixed: the default system turn is 
 Lines are read as bytes by `fmlab.data.jsonl` (UTF-8, LF or CRLF, size and nesting limits), so a broken
 line is always a file:line error, never a traceback.
 """
+
 from __future__ import annotations
 
 import os
@@ -104,7 +105,7 @@ def _check_message(i: int, message, errors: list[str], notes: list[str]) -> str 
             isinstance(c, dict) and isinstance(c.get("function", c), dict) and c.get("function", c).get("name")
             for c in calls
         ):
-            errors.append(f"{at}.tool_calls: must be a list of {{\"name\", \"arguments\"}} objects")
+            errors.append(f'{at}.tool_calls: must be a list of {{"name", "arguments"}} objects')
     if "response_format" in message:
         _check_response_format(f"{at}.response_format", message["response_format"], errors)
     return role
@@ -112,7 +113,7 @@ def _check_message(i: int, message, errors: list[str], notes: list[str]) -> str 
 
 def _check_response_format(at: str, value, errors: list[str]) -> None:
     if not isinstance(value, dict) or value.get("type") != "json_schema":
-        errors.append(f"{at}: must be {{\"type\": \"json_schema\", \"json_schema\": {{...}}}}")
+        errors.append(f'{at}: must be {{"type": "json_schema", "json_schema": {{...}}}}')
     elif not isinstance(value.get("json_schema"), dict) or not isinstance(value["json_schema"].get("schema"), dict):
         errors.append(f"{at}.json_schema.schema: missing or not an object")
 
@@ -162,7 +163,7 @@ def check_sample(obj, mode: str = "train") -> tuple[Sample | None, list[str], li
     elif isinstance(obj, list):
         messages = obj
     else:
-        return None, [f"expected a list of messages or an object with \"messages\", got {type(obj).__name__}"], notes
+        return None, [f'expected a list of messages or an object with "messages", got {type(obj).__name__}'], notes
     if not isinstance(messages, list):
         return None, [f"messages: must be a list, got {type(messages).__name__}"], notes
     if not messages:
@@ -224,5 +225,3 @@ def read_messages(path: str | os.PathLike, mode: str = "train") -> list[Sample]:
     if errors:
         raise DataError(errors)
     return samples
-
-

@@ -2,7 +2,7 @@
 
 `CoreMLDraft` re-expresses the draft's forward pass with ops coremltools converts cleanly (explicit
 RMSNorm, half-split RoPE, repeated KV heads, an additive causal mask) over its own copies of the
-weights. Like Apple's `DraftModelConverter` (afm-facts.md §8.3) it stores Q/K rows and the QK-norm
+weights. Like Apple's `DraftModelConverter` (docs/afm-format.md §8.3) it stores Q/K rows and the QK-norm
 weights in half-split (NeoX) order, so RoPE is two slices and a concat; the logits are identical.
 The input is `input_ids` (1, T) with T flexible up to the context length (`ct.RangeDim`), the output
 the logits (1, T, vocab): one forward per call, no KV cache.
@@ -13,6 +13,7 @@ Compression), clustered with fmlab's `kmeans_1d`. coremltools cannot run `predic
 `read_coreml_draft` checks the package by reading the MIL program and its `weight.bin` back with
 fmlab's own blob reader and de-palettising the weights into an fmlab state dict.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,7 +34,7 @@ from fmlab.export.mil_blob import read_blob
 from fmlab.export.quant4 import kmeans_1d
 from fmlab.model.config import ModelConfig
 
-PREFIX = "p"          # the ParameterDict's attribute name: const ops are named p_<key>_to_fp16[...]
+PREFIX = "p"  # the ParameterDict's attribute name: const ops are named p_<key>_to_fp16[...]
 
 
 def neox_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -86,15 +87,18 @@ class CoreMLDraft(nn.Module):
         self.cfg = cfg
         hd = cfg.head_dim
         self.register_buffer("inv_freq", cfg.rope_theta ** (-torch.arange(0, hd, 2, dtype=torch.float32) / hd))
-        setattr(self, PREFIX, nn.ParameterDict({_safe(k): nn.Parameter(v, requires_grad=False)
-                                                for k, v in to_neox(state, cfg).items()}))
+        setattr(
+            self,
+            PREFIX,
+            nn.ParameterDict({_safe(k): nn.Parameter(v, requires_grad=False) for k, v in to_neox(state, cfg).items()}),
+        )
 
     def _norm(self, x, key):
         w = getattr(self, PREFIX)[_safe(key)]
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.cfg.norm_eps) * w
 
     @staticmethod
-    def _rope(x, cos, sin):           # half-split rotation
+    def _rope(x, cos, sin):  # half-split rotation
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
@@ -102,24 +106,24 @@ class CoreMLDraft(nn.Module):
         c, P = self.cfg, getattr(self, PREFIX)
         H, KV, hd = c.num_heads, c.num_kv_heads, c.head_dim
         T = input_ids.shape[1]
-        angles = torch.arange(T, dtype=torch.float32)[:, None] * self.inv_freq         # (T, hd/2)
+        angles = torch.arange(T, dtype=torch.float32)[:, None] * self.inv_freq  # (T, hd/2)
         cos, sin = angles.cos(), angles.sin()
-        mask = torch.ones(T, T).triu(1) * -1e4          # additive causal mask; fp16-safe
-        x = F.embedding(input_ids, P["embedding_weight"])                                # (1, T, C)
+        mask = torch.ones(T, T).triu(1) * -1e4  # additive causal mask; fp16-safe
+        x = F.embedding(input_ids, P["embedding_weight"])  # (1, T, C)
         for i in range(c.num_layers):
             a = f"layers.{i}."
             h = self._norm(x, a + "attn_norm.weight")
             q, k, v = F.linear(h, P[_safe(a + "attn.qkv.weight")]).split([H * hd, KV * hd, KV * hd], -1)
             q = self._norm(self._rope(q.reshape(1, T, H, hd).transpose(1, 2), cos, sin), a + "attn.q_norm.weight")
             k = self._norm(self._rope(k.reshape(1, T, KV, hd).transpose(1, 2), cos, sin), a + "attn.k_norm.weight")
-            v = v.reshape(1, T, KV, hd).transpose(1, 2)                                  # (1, KV, T, hd)
-            k, v = k.repeat_interleave(H // KV, 1), v.repeat_interleave(H // KV, 1)       # (1, H, T, hd)
-            att = (q @ k.transpose(-1, -2)) * hd ** -0.5 + mask
+            v = v.reshape(1, T, KV, hd).transpose(1, 2)  # (1, KV, T, hd)
+            k, v = k.repeat_interleave(H // KV, 1), v.repeat_interleave(H // KV, 1)  # (1, H, T, hd)
+            att = (q @ k.transpose(-1, -2)) * hd**-0.5 + mask
             y = (att.softmax(-1) @ v).transpose(1, 2).reshape(1, T, H * hd)
             x = x + F.linear(y, P[_safe(a + "attn.out.weight")])
             gate, up = F.linear(self._norm(x, a + "mlp_norm.weight"), P[_safe(a + "mlp.gate_up.weight")]).chunk(2, -1)
             x = x + F.linear(F.silu(gate) * up, P[_safe(a + "mlp.down.weight")])
-        return F.linear(self._norm(x, "output_norm.weight"), P["embedding_weight"])     # tied output
+        return F.linear(self._norm(x, "output_norm.weight"), P["embedding_weight"])  # tied output
 
 
 @contextlib.contextmanager
@@ -141,8 +145,9 @@ def import_coremltools():
         with quiet():
             import coremltools as ct
     except ImportError:
-        raise FmlabError("the Core ML draft needs coremltools (pip install coremltools); "
-                         "or export without it (--no-coreml)") from None
+        raise FmlabError(
+            "the Core ML draft needs coremltools (pip install coremltools); or export without it (--no-coreml)"
+        ) from None
     return ct
 
 
@@ -169,22 +174,40 @@ def export_coreml_draft(state: dict, cfg: ModelConfig, path: str | Path, nbits: 
     t0 = time.perf_counter()
     with quiet(), torch.no_grad():
         traced = torch.jit.trace(module, example)
-        model = ct.convert(traced, inputs=[ct.TensorType(name="input_ids", dtype=np.int32,
-                                                         shape=(1, ct.RangeDim(1, cfg.context_length, default=8)))],
-                           outputs=[ct.TensorType(name="logits")], convert_to="mlprogram",
-                           minimum_deployment_target=ct.target.iOS18, compute_precision=ct.precision.FLOAT16)
+        model = ct.convert(
+            traced,
+            inputs=[
+                ct.TensorType(
+                    name="input_ids", dtype=np.int32, shape=(1, ct.RangeDim(1, cfg.context_length, default=8))
+                )
+            ],
+            outputs=[ct.TensorType(name="logits")],
+            convert_to="mlprogram",
+            minimum_deployment_target=ct.target.iOS18,
+            compute_precision=ct.precision.FLOAT16,
+        )
         t1 = time.perf_counter()
         # matrices only: the threshold keeps the norm vectors (hidden_dim values) in fp16
-        op_config = OpPalettizerConfig(mode="custom", lut_function=_lut_function(nbits),
-                                       granularity="per_grouped_channel", group_size=group_size,
-                                       weight_threshold=cfg.hidden_dim + 1)
+        op_config = OpPalettizerConfig(
+            mode="custom",
+            lut_function=_lut_function(nbits),
+            granularity="per_grouped_channel",
+            group_size=group_size,
+            weight_threshold=cfg.hidden_dim + 1,
+        )
         model = palettize_weights(model, OptimizationConfig(global_config=op_config))
         t2 = time.perf_counter()
-        model.short_description = (f"fmlab draft ({cfg.num_layers} layers, hidden {cfg.hidden_dim}), "
-                                   f"{nbits}-bit palettised")
+        model.short_description = (
+            f"fmlab draft ({cfg.num_layers} layers, hidden {cfg.hidden_dim}), {nbits}-bit palettised"
+        )
         model.save(str(path))
-    return {"convert_s": round(t1 - t0, 2), "palettize_s": round(t2 - t1, 2), "nbits": nbits,
-            "group_size": group_size, "coremltools": ct.__version__}
+    return {
+        "convert_s": round(t1 - t0, 2),
+        "palettize_s": round(t2 - t1, 2),
+        "nbits": nbits,
+        "group_size": group_size,
+        "coremltools": ct.__version__,
+    }
 
 
 # --- reading a package back --------------------------------------------------------------------------
@@ -209,7 +232,7 @@ def _tensor_value(value, weights: Path) -> tuple[np.ndarray, str]:
 
 def lut_to_dense(indices: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """iOS18 `constexpr_lut_to_dense` with scalar entries: lut (*blocks, 2^n, 1) per block of indices."""
-    blocks = lut.shape[:indices.ndim]
+    blocks = lut.shape[: indices.ndim]
     sizes = [n // b for n, b in zip(indices.shape, blocks)]
     grids = np.meshgrid(*[np.arange(n) // s for n, s in zip(indices.shape, sizes)], indexing="ij")
     return lut[(*grids, indices.astype(np.int64), 0)]
@@ -260,7 +283,17 @@ def read_coreml_draft(path: str | Path, cfg: ModelConfig) -> tuple[dict, dict]:
 def _draft_keys(cfg: ModelConfig) -> list[str]:
     keys = ["embedding.weight", "output_norm.weight"]
     for i in range(cfg.num_layers):
-        keys += [f"layers.{i}.{s}" for s in ("attn_norm.weight", "attn.qkv.weight", "attn.q_norm.weight",
-                                             "attn.k_norm.weight", "attn.out.weight", "mlp_norm.weight",
-                                             "mlp.gate_up.weight", "mlp.down.weight")]
+        keys += [
+            f"layers.{i}.{s}"
+            for s in (
+                "attn_norm.weight",
+                "attn.qkv.weight",
+                "attn.q_norm.weight",
+                "attn.k_norm.weight",
+                "attn.out.weight",
+                "mlp_norm.weight",
+                "mlp.gate_up.weight",
+                "mlp.down.weight",
+            )
+        ]
     return keys

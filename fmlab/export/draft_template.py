@@ -1,4 +1,4 @@
-"""Apple's draft export template (afm-facts.md §8.3): fill `weights_template.bin` in place from a draft
+"""Apple's draft export template (docs/afm-format.md §8.3): fill `weights_template.bin` in place from a draft
 checkpoint as `draft_weights.bin`, next to an exact copy of `draft.mil`; and read a filled file back.
 
 Each draft tensor gets its MIL name (`decoder.transformer.layer{i}.self_attention...`). The fused QKV
@@ -15,6 +15,7 @@ are. The spec's exact schema is not public; fmlab reads this reconstruction of i
 
 Offsets point at blob metadata records; every write checks the sentinel, the MIL dtype and the size.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -55,15 +56,19 @@ def template_files(assets: Path) -> dict[str, Path] | None:
         return None
     if len(present) < len(files):
         missing = sorted(set(files) - set(present))
-        raise FmlabError(f"{assets}: has {', '.join(present)} but not {', '.join(missing)}; Apple's draft template "
-                         f"needs all of {SPEC}, {TEMPLATE} and {MIL} (remove them all to export without it)")
+        raise FmlabError(
+            f"{assets}: has {', '.join(present)} but not {', '.join(missing)}; Apple's draft template "
+            f"needs all of {SPEC}, {TEMPLATE} and {MIL} (remove them all to export without it)"
+        )
     return files
 
 
 def mil_map(cfg: ModelConfig) -> dict[str, tuple[str, str, int]]:
     """MIL name -> (fmlab key, part of a fused weight or "", heads for the NeoX permutation or 0)."""
-    m = {"decoder.emb.token_emb._embedding": ("embedding.weight", "", 0),
-         "decoder.output_norm.scale": ("output_norm.weight", "", 0)}
+    m = {
+        "decoder.emb.token_emb._embedding": ("embedding.weight", "", 0),
+        "decoder.output_norm.scale": ("output_norm.weight", "", 0),
+    }
     for i in range(cfg.num_layers):
         layer, f = f"decoder.transformer.layer{i}.", f"layers.{i}."
         sa, ff = layer + "self_attention.", layer + "feed_forward."
@@ -105,8 +110,9 @@ def from_mil(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, to
         t = tensors[name].float()
         pieces.setdefault(key, {})[part] = interleaved_rows(t, heads) if heads else t
     order = {"": 0, "q": 0, "k": 1, "v": 2, "gate": 0, "up": 1}
-    return {k: torch.cat([v for _, v in sorted(parts.items(), key=lambda kv: order[kv[0]])])
-            for k, parts in pieces.items()}
+    return {
+        k: torch.cat([v for _, v in sorted(parts.items(), key=lambda kv: order[kv[0]])]) for k, parts in pieces.items()
+    }
 
 
 @dataclass
@@ -133,8 +139,9 @@ def load_spec(path: Path) -> tuple[list[SpecEntry], dict]:
             raise FmlabError(f"{path}: {name}: unknown format {fmt!r} (expected {', '.join(FORMATS)})")
         offsets = e.get("offsets") or ({"weight": e["offset"]} if "offset" in e else {})
         if set(offsets) != set(FORMATS[fmt]):
-            raise FmlabError(f"{path}: {name}: {fmt} needs blob offsets for {', '.join(FORMATS[fmt])}, "
-                             f"got {sorted(offsets)}")
+            raise FmlabError(
+                f"{path}: {name}: {fmt} needs blob offsets for {', '.join(FORMATS[fmt])}, got {sorted(offsets)}"
+            )
         entries.append(SpecEntry(name, fmt, {k: int(v) for k, v in offsets.items()}))
     return entries, {k: v for k, v in raw.items() if k != "weights_mapping"}
 
@@ -163,13 +170,16 @@ def fill_template(state: dict, cfg: ModelConfig, files: dict[str, Path], out_dir
     """Write `draft_weights.bin` (filled copy of the template) and `draft.mil` (exact copy) into `out_dir`."""
     entries, meta = load_spec(files[SPEC])
     if meta.get("mil_sha256") and meta["mil_sha256"] != file_sha(files[MIL]):
-        raise FmlabError(f"{files[MIL]}: sha256 differs from the spec's mil_sha256; "
-                         f"the template files do not belong together")
+        raise FmlabError(
+            f"{files[MIL]}: sha256 differs from the spec's mil_sha256; the template files do not belong together"
+        )
     tensors = to_mil(state, cfg)
     unknown = [e.name for e in entries if e.name not in tensors]
     if unknown:
-        raise FmlabError(f"{files[SPEC]}: no draft tensor for {len(unknown)} spec entr(ies), e.g. {unknown[0]} "
-                         f"(the draft config must match the template's model)")
+        raise FmlabError(
+            f"{files[SPEC]}: no draft tensor for {len(unknown)} spec entr(ies), e.g. {unknown[0]} "
+            f"(the draft config must match the template's model)"
+        )
     out = out_dir / "draft_weights.bin"
     shutil.copyfile(files[TEMPLATE], out)
     shutil.copyfile(files[MIL], out_dir / MIL)

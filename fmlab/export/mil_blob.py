@@ -1,5 +1,5 @@
 """Core ML's MIL blob-storage file (`weight.bin`, Apple's `adapter_weights.bin`, `draft_weights.bin`):
-a streaming writer, an index reader, typed reads and in-place overwrites (afm-facts.md §8.2–8.3).
+a streaming writer, an index reader, typed reads and in-place overwrites (docs/afm-format.md §8.2–8.3).
 
 Layout (all little-endian):
 - a 64-byte file header: `uint32 count, uint32 version = 2`, then 7 reserved `uint64`;
@@ -12,6 +12,7 @@ Layout (all little-endian):
 Sub-byte types are bit-packed least-significant bit first (for 4 bits: low nibble first). This module
 matches what `coremltools.libmilstoragepython._BlobStorageWriter` writes byte for byte (tested).
 """
+
 from __future__ import annotations
 
 import struct
@@ -26,16 +27,26 @@ from fmlab.errors import FmlabError
 ALIGN = 64
 VERSION = 2
 SENTINEL = 0xDEADBEEF
-_HEADER = struct.Struct("<II7Q")          # 64 bytes
-_META = struct.Struct("<IIQQQ4Q")         # 64 bytes
+_HEADER = struct.Struct("<II7Q")  # 64 bytes
+_META = struct.Struct("<IIQQQ4Q")  # 64 bytes
 
 # MIL blob data types: name -> (code, bits per element, numpy storage dtype of decoded values)
 DTYPES = {
-    "fp16": (1, 16, np.float16), "fp32": (2, 32, np.float32), "uint8": (3, 8, np.uint8),
-    "int8": (4, 8, np.int8), "bf16": (5, 16, np.uint16), "int16": (6, 16, np.int16),
-    "uint16": (7, 16, np.uint16), "int4": (8, 4, np.int8), "uint1": (9, 1, np.uint8),
-    "uint2": (10, 2, np.uint8), "uint4": (11, 4, np.uint8), "uint3": (12, 3, np.uint8),
-    "uint6": (13, 6, np.uint8), "int32": (14, 32, np.int32), "uint32": (15, 32, np.uint32),
+    "fp16": (1, 16, np.float16),
+    "fp32": (2, 32, np.float32),
+    "uint8": (3, 8, np.uint8),
+    "int8": (4, 8, np.int8),
+    "bf16": (5, 16, np.uint16),
+    "int16": (6, 16, np.int16),
+    "uint16": (7, 16, np.uint16),
+    "int4": (8, 4, np.int8),
+    "uint1": (9, 1, np.uint8),
+    "uint2": (10, 2, np.uint8),
+    "uint4": (11, 4, np.uint8),
+    "uint3": (12, 3, np.uint8),
+    "uint6": (13, 6, np.uint8),
+    "int32": (14, 32, np.int32),
+    "uint32": (15, 32, np.uint32),
 }
 _BY_CODE = {code: name for name, (code, _, _) in DTYPES.items()}
 
@@ -47,9 +58,9 @@ def align(offset: int) -> int:
 @dataclass(frozen=True)
 class BlobEntry:
     index: int
-    metadata_offset: int      # what a MIL program (and Apple's spec) refers to
+    metadata_offset: int  # what a MIL program (and Apple's spec) refers to
     dtype: str
-    size: int                 # bytes of data
+    size: int  # bytes of data
     data_offset: int
     padding_bits: int = 0
 
@@ -69,7 +80,7 @@ def pack_bits(values: np.ndarray, bits: int) -> tuple[bytes, int]:
     """Pack integers (two's complement for signed) into `bits`-wide fields, LSB first; returns
     (bytes, padding bits in the last byte)."""
     v = np.asarray(values).reshape(-1).astype(np.int64) & ((1 << bits) - 1)
-    fields = ((v[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1)    # bit stream, LSB first
+    fields = ((v[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1)  # bit stream, LSB first
     padding = (-fields.size) % 8
     return np.packbits(np.concatenate([fields, np.zeros(padding, np.uint8)]), bitorder="little").tobytes(), padding
 
@@ -169,8 +180,10 @@ def read_index(path: str | Path) -> list[BlobEntry]:
         for i in range(count):
             e = read_metadata(f, align(offset), str(path))
             if e.data_offset != e.metadata_offset + _META.size or e.data_offset + e.size > file_size:
-                raise FmlabError(f"{path}: blob {i} has data at {e.data_offset} (size {e.size}); expected it "
-                                 f"right after its metadata at {e.metadata_offset} and inside the file")
+                raise FmlabError(
+                    f"{path}: blob {i} has data at {e.data_offset} (size {e.size}); expected it "
+                    f"right after its metadata at {e.metadata_offset} and inside the file"
+                )
             entries.append(BlobEntry(i, e.metadata_offset, e.dtype, e.size, e.data_offset, e.padding_bits))
             offset = e.data_offset + e.size
         if offset != file_size:
@@ -196,8 +209,10 @@ def overwrite_blob(f: BinaryIO, metadata_offset: int, values, dtype: str, source
     entry = read_metadata(f, metadata_offset, source)
     data, padding = encode(values, dtype)
     if entry.dtype != dtype or entry.size != len(data) or entry.padding_bits != padding:
-        raise FmlabError(f"{source}: blob at {metadata_offset} is {entry.dtype} of {entry.size} bytes; "
-                         f"the new data is {dtype} of {len(data)} bytes")
+        raise FmlabError(
+            f"{source}: blob at {metadata_offset} is {entry.dtype} of {entry.size} bytes; "
+            f"the new data is {dtype} of {len(data)} bytes"
+        )
     f.seek(entry.data_offset)
     f.write(data)
     return entry

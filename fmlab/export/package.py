@@ -1,4 +1,4 @@
-"""`.fmadapter` export (afm-facts.md §8): Apple's package layout, written atomically.
+"""`.fmadapter` export (docs/afm-format.md §8): Apple's package layout, written atomically.
 
 `<name>.fmadapter/` holds
 - `metadata.json`: §8.1 exactly (camelCase, sorted keys, indent 4);
@@ -13,6 +13,7 @@
 The package is built in a temporary directory inside the output directory and renamed into place;
 only a previous package of the same name is ever replaced.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,15 +42,23 @@ from fmlab.export.mil_blob import BlobWriter, read_blob, read_index
 from fmlab.files import file_sha
 from fmlab.model.config import PRESETS, ModelConfig, from_tamm_json, to_tamm_json
 
-BASE_SIGNATURE = "9799725ff8e851184037110b422d891ad3b92ec1"      # Apple's afm-3b (constants.py)
+BASE_SIGNATURE = "9799725ff8e851184037110b422d891ad3b92ec1"  # Apple's afm-3b (constants.py)
 APPLE_RANK, APPLE_ALPHA = 32, 16.0
 DEFAULT_AUTHOR = "3P developer"
 SUFFIX = ".fmadapter"
 METADATA, ADAPTER_WEIGHTS = "metadata.json", "adapter_weights.bin"
 DRAFT_MIL, DRAFT_WEIGHTS, DRAFT_MLPACKAGE = "draft.mil", "draft_weights.bin", "draft.mlpackage"
 MANIFEST = "fmlab-manifest.json"
-METADATA_KEYS = ("adapterIdentifier", "author", "baseModelSignature", "creatorDefined", "description",
-                 "license", "loraRank", "speculativeDecodingDraftTokenCount")
+METADATA_KEYS = (
+    "adapterIdentifier",
+    "author",
+    "baseModelSignature",
+    "creatorDefined",
+    "description",
+    "license",
+    "loraRank",
+    "speculativeDecodingDraftTokenCount",
+)
 
 
 # --- names, signatures, the runtime's LoRA assumptions ----------------------------------------------
@@ -61,16 +70,26 @@ def check_adapter_name(name: str) -> str:
     stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
     if not re.fullmatch(r"\w+", stem, flags=re.ASCII):
         bad = sorted({c for c in stem if not re.fullmatch(r"\w", c, flags=re.ASCII)})
-        raise FmlabError(f"adapter name {name!r} is not allowed: use only ASCII letters, digits and '_' "
-                         f"(found {', '.join(repr(c) for c in bad) or 'an empty name'}); e.g. "
-                         f"{re.sub(r'[^A-Za-z0-9_]+', '_', stem).strip('_') or 'my_adapter'!r}")
+        raise FmlabError(
+            f"adapter name {name!r} is not allowed: use only ASCII letters, digits and '_' "
+            f"(found {', '.join(repr(c) for c in bad) or 'an empty name'}); e.g. "
+            f"{re.sub(r'[^A-Za-z0-9_]+', '_', stem).strip('_') or 'my_adapter'!r}"
+        )
     return stem
 
 
 def is_afm_3b(cfg: ModelConfig) -> bool:
     ref = PRESETS["afm-3b"]
-    fields = ("vocab_size", "hidden_dim", "num_layers", "num_kv_reuse_layers", "num_heads", "num_kv_heads",
-              "hidden_dim_scale_factor", "rope_theta")
+    fields = (
+        "vocab_size",
+        "hidden_dim",
+        "num_layers",
+        "num_kv_reuse_layers",
+        "num_heads",
+        "num_kv_heads",
+        "hidden_dim_scale_factor",
+        "rope_theta",
+    )
     return all(getattr(cfg, f) == getattr(ref, f) for f in fields)
 
 
@@ -81,9 +100,11 @@ def check_runtime_lora(cfg: ModelConfig) -> None:
         lora = cfg.lora
         all_targets = set(lora.targets) == set(PRESETS["afm-3b"].lora.targets)
         if (lora.rank, float(lora.alpha)) != (APPLE_RANK, APPLE_ALPHA) or not all_targets:
-            raise FmlabError(f"an afm-3b adapter must use LoRA rank {APPLE_RANK}, alpha {APPLE_ALPHA:g} on every "
-                             f"projection (got rank {lora.rank}, alpha {lora.alpha:g}, targets {list(lora.targets)}): "
-                             f"the device runtime assumes Apple's values and nothing in the package says otherwise")
+            raise FmlabError(
+                f"an afm-3b adapter must use LoRA rank {APPLE_RANK}, alpha {APPLE_ALPHA:g} on every "
+                f"projection (got rank {lora.rank}, alpha {lora.alpha:g}, targets {list(lora.targets)}): "
+                f"the device runtime assumes Apple's values and nothing in the package says otherwise"
+            )
 
 
 def default_signature(cfg: ModelConfig, assets: Path) -> str:
@@ -94,8 +115,9 @@ def default_signature(cfg: ModelConfig, assets: Path) -> str:
 
 def check_signature(signature: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{7,64}", signature):
-        raise FmlabError(f"base signature {signature!r} must be 7-64 lowercase hex digits "
-                         f"(Apple's afm-3b: {BASE_SIGNATURE})")
+        raise FmlabError(
+            f"base signature {signature!r} must be 7-64 lowercase hex digits (Apple's afm-3b: {BASE_SIGNATURE})"
+        )
     return signature
 
 
@@ -107,13 +129,26 @@ def camel(name: str) -> str:
     return first.lower() + "".join(p[:1].upper() + p[1:] for p in rest)
 
 
-def metadata(adapter_name: str, base_signature: str, lora_rank: int, author: str = DEFAULT_AUTHOR,
-             description: str = "", license: str = "", creator_defined: dict | None = None,
-             draft_tokens: int = 5) -> dict:
-    fields = {"adapter_identifier": f"fmadapter-{adapter_name}-{base_signature[:7]}",
-              "author": author, "base_model_signature": base_signature, "creator_defined": creator_defined or {},
-              "description": description, "license": license, "lora_rank": int(lora_rank),
-              "speculative_decoding_draft_token_count": int(draft_tokens)}
+def metadata(
+    adapter_name: str,
+    base_signature: str,
+    lora_rank: int,
+    author: str = DEFAULT_AUTHOR,
+    description: str = "",
+    license: str = "",
+    creator_defined: dict | None = None,
+    draft_tokens: int = 5,
+) -> dict:
+    fields = {
+        "adapter_identifier": f"fmadapter-{adapter_name}-{base_signature[:7]}",
+        "author": author,
+        "base_model_signature": base_signature,
+        "creator_defined": creator_defined or {},
+        "description": description,
+        "license": license,
+        "lora_rank": int(lora_rank),
+        "speculative_decoding_draft_token_count": int(draft_tokens),
+    }
     return {camel(k): v for k, v in fields.items()}
 
 
@@ -139,8 +174,8 @@ def qk_unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 class AdapterTensor:
     apple: str
     fmlab: str
-    shape: tuple[int, int]      # as stored: A [r, in], B [out, r]
-    heads: int                  # heads for the QK permutation; 0 = none
+    shape: tuple[int, int]  # as stored: A [r, in], B [out, r]
+    heads: int  # heads for the QK permutation; 0 = none
 
 
 def adapter_layout(cfg: ModelConfig) -> list[AdapterTensor]:
@@ -192,8 +227,10 @@ def read_adapter_weights(path: str | Path, cfg: ModelConfig) -> dict:
     state = {}
     for entry, spec in zip(entries, layout):
         if entry.dtype != "fp16" or entry.count != spec.shape[0] * spec.shape[1]:
-            raise FmlabError(f"{path}: blob {entry.index} is {entry.dtype} x {entry.count}, "
-                             f"expected fp16 {spec.shape} ({spec.apple})")
+            raise FmlabError(
+                f"{path}: blob {entry.index} is {entry.dtype} x {entry.count}, "
+                f"expected fp16 {spec.shape} ({spec.apple})"
+            )
         state[spec.fmlab] = from_blob(torch.from_numpy(read_blob(path, entry)), spec)
     return state
 
@@ -235,11 +272,22 @@ def resolve_checkpoint(path: str | Path, draft: bool = False) -> Path:
     return path
 
 
-def export_fmadapter(output_dir: str | Path, adapter_name: str, checkpoint: str | Path,
-                     draft_checkpoint: str | Path | None = None, *, author: str = DEFAULT_AUTHOR,
-                     description: str = "", license: str = "", creator_defined: dict | None = None,
-                     assets: str | Path | None = None, base_signature: str | None = None,
-                     num_draft_tokens: int = 5, coreml: bool = True, log=print) -> Path:
+def export_fmadapter(
+    output_dir: str | Path,
+    adapter_name: str,
+    checkpoint: str | Path,
+    draft_checkpoint: str | Path | None = None,
+    *,
+    author: str = DEFAULT_AUTHOR,
+    description: str = "",
+    license: str = "",
+    creator_defined: dict | None = None,
+    assets: str | Path | None = None,
+    base_signature: str | None = None,
+    num_draft_tokens: int = 5,
+    coreml: bool = True,
+    log=print,
+) -> Path:
     """Write `<output_dir>/<adapter_name>.fmadapter` from an adapter checkpoint (Apple `.pt` or fmlab
     `.safetensors`, or a run directory: its best) and optionally a draft checkpoint (Apple draft layout,
     or a draft run directory); returns the package path."""
@@ -254,11 +302,9 @@ def export_fmadapter(output_dir: str | Path, adapter_name: str, checkpoint: str 
     state = read_adapter(checkpoint, cfg)
     draft = None
     if draft_checkpoint is not None:
-
         draft_checkpoint = resolve_checkpoint(draft_checkpoint, draft=True)
         if coreml:
-
-            import_coremltools()          # fail before writing anything when it is missing
+            import_coremltools()  # fail before writing anything when it is missing
 
         draft_cfg = from_tamm_json(assets / "draft-model-config.json")
         if draft_cfg.vocab_size != cfg.vocab_size:
@@ -275,11 +321,16 @@ def export_fmadapter(output_dir: str | Path, adapter_name: str, checkpoint: str 
         (tmp / METADATA).write_text(metadata_text(meta), encoding="utf-8")
         n = write_adapter_weights(state, cfg, tmp / ADAPTER_WEIGHTS)
         log(f"{ADAPTER_WEIGHTS}: {n} fp16 blobs, {(tmp / ADAPTER_WEIGHTS).stat().st_size:,} bytes")
-        manifest = {"format": "fmlab-fmadapter-manifest/1", "adapter_name": name, "base_signature": signature,
-                    "assets": str(assets), "base_config": to_tamm_json(cfg),
-                    "lora": {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "targets": list(cfg.lora.targets)},
-                    "sources": {"checkpoint": _source(checkpoint), "draft_checkpoint": _source(draft_checkpoint)},
-                    "draft": {"template": None, "coreml": None}}
+        manifest = {
+            "format": "fmlab-fmadapter-manifest/1",
+            "adapter_name": name,
+            "base_signature": signature,
+            "assets": str(assets),
+            "base_config": to_tamm_json(cfg),
+            "lora": {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "targets": list(cfg.lora.targets)},
+            "sources": {"checkpoint": _source(checkpoint), "draft_checkpoint": _source(draft_checkpoint)},
+            "draft": {"template": None, "coreml": None},
+        }
         if draft is not None:
             manifest["draft_config"] = to_tamm_json(draft[0])
             manifest["draft"] = _write_draft(tmp, *draft, coreml=coreml, log=log)
@@ -299,14 +350,14 @@ def _write_draft(package: Path, cfg: ModelConfig, state: dict, template: dict | 
     """Apple's template fill when the assets carry it; the Core ML draft unless switched off."""
     info = {"template": None, "coreml": None}
     if template is not None:
-
         info["template"] = fill_template(state, cfg, template, package)
         log(f"{DRAFT_WEIGHTS}: Apple template filled ({info['template']['entries']} tensors)")
     if coreml:
-
         info["coreml"] = export_coreml_draft(state, cfg, package / DRAFT_MLPACKAGE)
-        log(f"{DRAFT_MLPACKAGE}: converted in {info['coreml']['convert_s']} s, "
-            f"palettised in {info['coreml']['palettize_s']} s")
+        log(
+            f"{DRAFT_MLPACKAGE}: converted in {info['coreml']['convert_s']} s, "
+            f"palettised in {info['coreml']['palettize_s']} s"
+        )
     return info
 
 
@@ -318,7 +369,7 @@ def _source(path) -> dict | None:
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
-    os.chmod(tmp, 0o755)             # mkdtemp makes it private; a package is an ordinary directory
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a package is an ordinary directory
     if not final.exists():
         os.rename(tmp, final)
         return
@@ -336,4 +387,3 @@ def package_sizes(package: str | Path) -> dict[str, int]:
     for p in sorted(package.iterdir()):
         sizes[p.name] = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
     return sizes
-

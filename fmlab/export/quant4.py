@@ -1,4 +1,4 @@
-"""4-bit weight formats of Apple's draft export (afm-facts.md §8.3) and their inverses, in PyTorch.
+"""4-bit weight formats of Apple's draft export (docs/afm-format.md §8.3) and their inverses, in PyTorch.
 
 - `lut4`: grouped-channel palettisation (k-means weight clustering as in Deep Compression, Han et al.
   2016): each output channel is divided by its max |w| (fp16 scale), then every group of 16 output
@@ -10,6 +10,7 @@ force_kmeans1d=True)` (whose `kmeans1d` dependency may be missing): Lloyd's algo
 from quantile starting points, batched over groups, deterministic. Sorting makes each step a
 `searchsorted` over cluster boundaries plus prefix sums, so one step costs O(k log n) per group.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,13 +23,13 @@ def kmeans_1d(values: torch.Tensor, k: int = 16, iters: int = 300) -> tuple[torc
     x = values.detach().double()
     G, N = x.shape
     xs, _ = x.sort(dim=1)
-    csum = torch.cat([x.new_zeros(G, 1), xs.cumsum(1)], 1)                      # (G, N + 1)
+    csum = torch.cat([x.new_zeros(G, 1), xs.cumsum(1)], 1)  # (G, N + 1)
     # start at the quantile midpoints of the data: spreads clusters where the mass is
     q = ((torch.arange(k, dtype=torch.float64) + 0.5) / k * N).long().clamp_max(N - 1)
-    c = xs[:, q]                                                                  # (G, k)
+    c = xs[:, q]  # (G, k)
     rows = torch.arange(G)[:, None]
     for _ in range(iters):
-        bounds = torch.searchsorted(xs, (c[:, 1:] + c[:, :-1]) / 2)              # (G, k - 1) split points
+        bounds = torch.searchsorted(xs, (c[:, 1:] + c[:, :-1]) / 2)  # (G, k - 1) split points
         edges = torch.cat([x.new_zeros(G, 1, dtype=torch.long), bounds, torch.full((G, 1), N)], 1)
         counts = edges[:, 1:] - edges[:, :-1]
         sums = csum[rows, edges[:, 1:]] - csum[rows, edges[:, :-1]]
@@ -61,11 +62,11 @@ def lut4_quantize(w: torch.Tensor, group_size: int = 16, nbits: int = 4):
     out, inp = w.shape
     if out % group_size:
         raise ValueError(f"{out} output channels are not divisible by the LUT group size {group_size}")
-    scale = w.abs().amax(1).clamp_min(1e-8).half()                        # stored in fp16
+    scale = w.abs().amax(1).clamp_min(1e-8).half()  # stored in fp16
     normed = w / scale.float()[:, None]
     groups = normed.reshape(out // group_size, group_size * inp)
     lut, _ = kmeans_1d(groups, 1 << nbits)
-    lut = lut.half()                                      # rounding is monotone: still ascending
+    lut = lut.half()  # rounding is monotone: still ascending
     idx = nearest(groups, lut.float())
     return scale, lut, idx.reshape(out, inp).to(torch.uint8)
 

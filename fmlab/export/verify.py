@@ -9,6 +9,7 @@ apple/ml-ane-transformers habit: an export is checked against the PyTorch model,
    the speculative acceptance rate (Leviathan et al. 2023) of the de-quantised draft against the
    full-precision draft at T=0, i.e. what 4-bit quantisation costs in accepted tokens.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,14 +49,18 @@ from fmlab.infer.speculative import speculative_generate
 from fmlab.model.config import from_tamm_json
 from fmlab.model.transformer import build_model
 
-PROMPTS = ["Write a short scene where a king meets a ghost.", "What is the capital of France?",
-           "Tell me a story about a dragon.", "Give me three tips for sleeping well."]
+PROMPTS = [
+    "Write a short scene where a king meets a ghost.",
+    "What is the capital of France?",
+    "Tell me a story about a dragon.",
+    "Give me three tips for sleeping well.",
+]
 
 
 @dataclass
 class Check:
     name: str
-    ok: bool | None          # None = skipped
+    ok: bool | None  # None = skipped
     detail: str = ""
 
 
@@ -75,8 +80,9 @@ class Report:
 
     def text(self) -> str:
         mark = {True: "PASS", False: "FAIL", None: "SKIP"}
-        lines = [f"{self.package}:"] + [f"  {mark[c.ok]}  {c.name}" + (f": {c.detail}" if c.detail else "")
-                                        for c in self.checks]
+        lines = [f"{self.package}:"] + [
+            f"  {mark[c.ok]}  {c.name}" + (f": {c.detail}" if c.detail else "") for c in self.checks
+        ]
         lines.append("  => " + ("all checks passed" if self.ok else "FAILED"))
         return "\n".join(lines)
 
@@ -86,13 +92,24 @@ def _check_metadata(report: Report, package: Path, stem: str) -> dict:
     meta = json.loads(text)
     keys_ok = sorted(meta) == sorted(METADATA_KEYS)
     report.add("metadata keys", keys_ok, "" if keys_ok else f"got {sorted(meta)}")
-    types = {"adapterIdentifier": str, "author": str, "baseModelSignature": str, "creatorDefined": dict,
-             "description": str, "license": str, "loraRank": int, "speculativeDecodingDraftTokenCount": int}
+    types = {
+        "adapterIdentifier": str,
+        "author": str,
+        "baseModelSignature": str,
+        "creatorDefined": dict,
+        "description": str,
+        "license": str,
+        "loraRank": int,
+        "speculativeDecodingDraftTokenCount": int,
+    }
     wrong = [k for k, t in types.items() if k in meta and not isinstance(meta[k], t)]
     report.add("metadata types", not wrong, f"wrong type: {wrong}" if wrong else "")
     ident = f"fmadapter-{stem}-{str(meta.get('baseModelSignature', ''))[:7]}"
-    report.add("adapterIdentifier", meta.get("adapterIdentifier") == ident,
-               f"{meta.get('adapterIdentifier')} (expected {ident})")
+    report.add(
+        "adapterIdentifier",
+        meta.get("adapterIdentifier") == ident,
+        f"{meta.get('adapterIdentifier')} (expected {ident})",
+    )
     report.add("metadata.json formatting (sorted, indent 4)", text == metadata_text(meta))
     return meta
 
@@ -100,20 +117,24 @@ def _check_metadata(report: Report, package: Path, stem: str) -> dict:
 def _check_blobs(report: Report, path: Path, cfg) -> None:
 
     layout = adapter_layout(cfg)
-    entries = read_index(path)            # header, sentinels, alignment, data right after metadata
+    entries = read_index(path)  # header, sentinels, alignment, data right after metadata
     expected = 64
     problems = []
     for e, spec in zip(entries, layout):
         size = spec.shape[0] * spec.shape[1] * 2
         if (e.metadata_offset, e.data_offset, e.dtype, e.size) != (expected, expected + 64, "fp16", size):
-            problems.append(f"blob {e.index} ({spec.apple}): meta {e.metadata_offset} data {e.data_offset} "
-                            f"{e.dtype} {e.size} B; expected meta {expected}, fp16 {size} B")
+            problems.append(
+                f"blob {e.index} ({spec.apple}): meta {e.metadata_offset} data {e.data_offset} "
+                f"{e.dtype} {e.size} B; expected meta {expected}, fp16 {size} B"
+            )
         expected = -(-(expected + 64 + size) // 64) * 64
     if len(entries) != len(layout):
         problems.insert(0, f"{len(entries)} blobs, expected {len(layout)}")
-    report.add("adapter_weights.bin layout", not problems,
-               "; ".join(problems[:3])
-               or f"{len(entries)} fp16 blobs, {path.stat().st_size:,} bytes, offsets 64-aligned")
+    report.add(
+        "adapter_weights.bin layout",
+        not problems,
+        "; ".join(problems[:3]) or f"{len(entries)} fp16 blobs, {path.stat().st_size:,} bytes, offsets 64-aligned",
+    )
     report.numbers["adapter_blobs"] = len(entries)
     report.numbers["adapter_weights_bytes"] = path.stat().st_size
 
@@ -151,16 +172,18 @@ def _compare_logits(report: Report, model, src: dict, pkg: dict, vocab: int) -> 
     # fp16 rounding of the LoRA weights (relative 2^-11 each), propagated through the model: it grows
     # with the logits' size and with how far the adapter moves them (a large LoRA scale amplifies it)
     tol = 4e-3 * max(scale, 1.0) + 1e-2 * effect
-    report.add("logits: package adapter vs source checkpoint", diff <= tol,
-               f"max |diff| {diff:.2e} (tolerance {tol:.1e}); the adapter itself moves logits by {effect:.2e}; "
-               f"greedy tokens agree {agree:.1%}")
+    report.add(
+        "logits: package adapter vs source checkpoint",
+        diff <= tol,
+        f"max |diff| {diff:.2e} (tolerance {tol:.1e}); the adapter itself moves logits by {effect:.2e}; "
+        f"greedy tokens agree {agree:.1%}",
+    )
     report.numbers.update(logits_max_abs_diff=diff, adapter_effect=effect, greedy_agreement=agree)
-    logits_with(src)                   # leave the source adapter in place for the draft checks
+    logits_with(src)  # leave the source adapter in place for the draft checks
 
 
 def _prompts(assets: Path, n: int, vocab: int) -> tuple[list[list[int]], set[int]]:
     if (assets / "tokenizer.model").is_file():
-
         tok = load_tokenizer(assets)
         return encode_prompts(tok, PROMPTS[:n]), stop_ids(tok)
     g = torch.Generator().manual_seed(0)
@@ -179,8 +202,17 @@ def acceptance(target, draft, prompts, stop, k: int, max_new_tokens: int) -> tup
     return accepted / max(proposed, 1), outputs
 
 
-def _check_drafts(report: Report, package: Path, manifest: dict, assets: Path, target, draft_checkpoint,
-                  k: int, num_prompts: int, max_new_tokens: int) -> None:
+def _check_drafts(
+    report: Report,
+    package: Path,
+    manifest: dict,
+    assets: Path,
+    target,
+    draft_checkpoint,
+    k: int,
+    num_prompts: int,
+    max_new_tokens: int,
+) -> None:
 
     variants = {}
     draft_cfg = from_tamm_json(assets / "draft-model-config.json")
@@ -190,7 +222,6 @@ def _check_drafts(report: Report, package: Path, manifest: dict, assets: Path, t
         return
     src = load_draft_state(src_path, draft_cfg)
     if (package / DRAFT_WEIGHTS).is_file():
-
         try:
             report.add("draft_weights.bin blob structure", True, f"{len(read_index(package / DRAFT_WEIGHTS))} blobs")
         except FmlabError as err:
@@ -199,18 +230,22 @@ def _check_drafts(report: Report, package: Path, manifest: dict, assets: Path, t
         if not spec.is_file():
             report.add("draft_weights.bin", None, f"no {SPEC} in {assets} to decode it with")
         else:
-            same_mil = all((d / MIL).is_file() for d in (assets, package)) and \
-                file_sha(assets / MIL) == file_sha(package / DRAFT_MIL)
+            same_mil = all((d / MIL).is_file() for d in (assets, package)) and file_sha(assets / MIL) == file_sha(
+                package / DRAFT_MIL
+            )
             report.add("draft.mil is an exact copy of the assets'", same_mil)
-            variants["template (int4 embedding + 4-bit LUT)"] = read_filled(package / DRAFT_WEIGHTS, spec,
-                                                                            draft_cfg, src)
+            variants["template (int4 embedding + 4-bit LUT)"] = read_filled(
+                package / DRAFT_WEIGHTS, spec, draft_cfg, src
+            )
     if (package / DRAFT_MLPACKAGE).is_dir():
-
         state, info = read_coreml_draft(package / DRAFT_MLPACKAGE, draft_cfg)
         luts = {tuple(s[1:]) for s in info["lut_shapes"].values()}
         ok = info["palettized"] > 0 and "indices:uint4" in info["blob_dtypes"] and luts == {(1, 16, 1)}
-        report.add("draft.mlpackage: 4-bit grouped-channel palettised", ok,
-                   f"{info['palettized']} palettised weights, LUT blocks {sorted(luts)}, blobs {info['blob_dtypes']}")
+        report.add(
+            "draft.mlpackage: 4-bit grouped-channel palettised",
+            ok,
+            f"{info['palettized']} palettised weights, LUT blocks {sorted(luts)}, blobs {info['blob_dtypes']}",
+        )
         variants["Core ML (4-bit LUT)"] = state
     if not variants:
         report.add("draft", None, "the package holds no draft")
@@ -226,17 +261,33 @@ def _check_drafts(report: Report, package: Path, manifest: dict, assets: Path, t
         draft.load_state_dict(state, strict=True)
         rate_q, out_q = acceptance(target, draft, prompts, stop, k, max_new_tokens)
         mean = sum(errors.values()) / len(errors)
-        report.numbers[name] = {"max_relative_error": errors[worst], "mean_relative_error": mean,
-                                "acceptance": rate_q, "acceptance_drop": rate_fp - rate_q}
-        report.add(f"{name}: reconstruction", errors[worst] < 0.25,
-                   f"relative error mean {mean:.3f}, max {errors[worst]:.3f} ({worst})")
-        report.add(f"{name}: acceptance", out_q == out_fp,
-                   f"{rate_fp:.3f} full precision -> {rate_q:.3f} 4-bit (drop {rate_fp - rate_q:+.3f}) at k={k}, "
-                   f"T=0, {len(prompts)} prompts; outputs identical to the target's greedy: {out_q == out_fp}")
+        report.numbers[name] = {
+            "max_relative_error": errors[worst],
+            "mean_relative_error": mean,
+            "acceptance": rate_q,
+            "acceptance_drop": rate_fp - rate_q,
+        }
+        report.add(
+            f"{name}: reconstruction",
+            errors[worst] < 0.25,
+            f"relative error mean {mean:.3f}, max {errors[worst]:.3f} ({worst})",
+        )
+        report.add(
+            f"{name}: acceptance",
+            out_q == out_fp,
+            f"{rate_fp:.3f} full precision -> {rate_q:.3f} 4-bit (drop {rate_fp - rate_q:+.3f}) at k={k}, "
+            f"T=0, {len(prompts)} prompts; outputs identical to the target's greedy: {out_q == out_fp}",
+        )
 
 
-def verify_fmadapter(package: str | Path, checkpoint=None, draft_checkpoint=None, assets=None,
-                     num_prompts: int = 4, max_new_tokens: int = 48) -> Report:
+def verify_fmadapter(
+    package: str | Path,
+    checkpoint=None,
+    draft_checkpoint=None,
+    assets=None,
+    num_prompts: int = 4,
+    max_new_tokens: int = 48,
+) -> Report:
     """Check a package (see the module docstring); returns a `Report` (`.ok`, `.text()`, `.numbers`)."""
 
     package = Path(package)
@@ -260,8 +311,11 @@ def verify_fmadapter(package: str | Path, checkpoint=None, draft_checkpoint=None
     meta = _check_metadata(report, package, stem)
     assets = assets_dir(assets or manifest.get("assets")).resolve()
     cfg = from_tamm_json(assets / "base-model-config.json")
-    report.add("loraRank matches the base config", meta.get("loraRank") == cfg.lora.rank,
-               f"{meta.get('loraRank')} vs {cfg.lora.rank} ({assets})")
+    report.add(
+        "loraRank matches the base config",
+        meta.get("loraRank") == cfg.lora.rank,
+        f"{meta.get('loraRank')} vs {cfg.lora.rank} ({assets})",
+    )
     report.numbers["signature_matches_assets"] = meta.get("baseModelSignature") == default_signature(cfg, assets)
     _check_blobs(report, package / ADAPTER_WEIGHTS, cfg)
     pkg_state = read_adapter_weights(package / ADAPTER_WEIGHTS, cfg)
@@ -274,12 +328,20 @@ def verify_fmadapter(package: str | Path, checkpoint=None, draft_checkpoint=None
             for k, v in pkg_state.items():
                 params[k].copy_(v)
     else:
-
         src = read_adapter(src_path, cfg)
         exact = all(torch.equal(pkg_state[k], src[k].half().float()) for k in src)
         report.add("adapter tensors == source rounded to fp16", exact)
         _compare_logits(report, target, src, pkg_state, cfg.vocab_size)
     if (package / DRAFT_WEIGHTS).is_file() or (package / DRAFT_MLPACKAGE).is_dir():
-        _check_drafts(report, package, manifest, assets, target, draft_checkpoint,
-                      int(meta.get("speculativeDecodingDraftTokenCount", 5)), num_prompts, max_new_tokens)
+        _check_drafts(
+            report,
+            package,
+            manifest,
+            assets,
+            target,
+            draft_checkpoint,
+            int(meta.get("speculativeDecodingDraftTokenCount", 5)),
+            num_prompts,
+            max_new_tokens,
+        )
     return report

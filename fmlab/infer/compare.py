@@ -11,6 +11,7 @@ LoRA state is restored afterwards. Results are a long pandas DataFrame, one row 
 score, `summary` gives one row per model, and `to_html` a static side-by-side table (escaped, pre-wrap)
 that needs no widget front end.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,18 @@ from fmlab.infer.sampling import Sampling
 from fmlab.model.lora import lora_modules, merge_lora, unmerge_lora
 
 BASE = "base"
-COLUMNS = ["prompt_id", "prompt", "model", "text", "tokens", "finish_reason", "ttft_s", "latency_s",
-           "tokens_per_s", "score"]
+COLUMNS = [
+    "prompt_id",
+    "prompt",
+    "model",
+    "text",
+    "tokens",
+    "finish_reason",
+    "ttft_s",
+    "latency_s",
+    "tokens_per_s",
+    "score",
+]
 
 
 def run_checkpoints(run_dir: str | Path, include_base: bool = True) -> dict[str, Path | None]:
@@ -63,8 +74,12 @@ def split_prompt(prompt) -> tuple[object, str | None]:
     and token-id lists; a message list that ends with the assistant loses that turn, which becomes the
     reference (so a held-out training file serves as prompts)."""
     prompt = getattr(prompt, "messages", prompt)
-    if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[-1], dict) \
-            and prompt[-1].get("role") == "assistant":
+    if (
+        isinstance(prompt, (list, tuple))
+        and prompt
+        and isinstance(prompt[-1], dict)
+        and prompt[-1].get("role") == "assistant"
+    ):
         return list(prompt[:-1]), prompt[-1].get("content") or ""
     return prompt, None
 
@@ -85,7 +100,7 @@ def adapter_swapping(model):
     which puts the model's own adapter back in the middle of the block."""
 
     merged = any(m.merged for m in lora_modules(model))
-    unmerge_lora(model)                    # swapping B under a merged weight would double-count it
+    unmerge_lora(model)  # swapping B under a merged weight would double-count it
     saved = {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_" in n}
 
     @torch.no_grad()
@@ -118,17 +133,26 @@ def use_adapter(model, adapter: str | Path | None) -> None:
         return
     path = Path(adapter)
     if path.is_dir():
-
         path = best_checkpoint(path)
     if not path.is_file():
         raise FmlabError(f"{path}: no such adapter checkpoint")
     load_adapter(getattr(model, "_orig_mod", model), path)
 
 
-def compare(models: dict, tokenizer, prompts, max_new_tokens: int = 50, sampling: Sampling | None = None,
-            score_fn: Callable[[object, str], float] | None = None, batch_size: int = 1,
-            base_model=None, assets=None, precision: str = "f32", warmup: bool = True,
-            stream: Callable[[str, int, str], None] | None = None):
+def compare(
+    models: dict,
+    tokenizer,
+    prompts,
+    max_new_tokens: int = 50,
+    sampling: Sampling | None = None,
+    score_fn: Callable[[object, str], float] | None = None,
+    batch_size: int = 1,
+    base_model=None,
+    assets=None,
+    precision: str = "f32",
+    warmup: bool = True,
+    stream: Callable[[str, int, str], None] | None = None,
+):
     """Generate every prompt with every model; one DataFrame row per (prompt, model).
 
     models: name → a model object (used as is), an adapter path (or a run directory: its best
@@ -138,7 +162,6 @@ def compare(models: dict, tokenizer, prompts, max_new_tokens: int = 50, sampling
     stream(model, prompt_index, piece) receives text as it is generated.
     """
     import pandas as pd
-
 
     if not models:
         raise FmlabError("compare needs at least one model")
@@ -151,7 +174,6 @@ def compare(models: dict, tokenizer, prompts, max_new_tokens: int = 50, sampling
     sampling = sampling or Sampling(temperature=0.0)
     needs_base = any(not isinstance(v, torch.nn.Module) for v in models.values())
     if needs_base and base_model is None:
-
         base_model = load_base(assets)
     rows = []
     with contextlib.ExitStack() as stack:
@@ -159,22 +181,32 @@ def compare(models: dict, tokenizer, prompts, max_new_tokens: int = 50, sampling
         for k, (name, spec) in enumerate(models.items()):
             if isinstance(spec, torch.nn.Module):
                 model = spec
-                if spec is base_model and restore is not None:     # the base object itself: as given
+                if spec is base_model and restore is not None:  # the base object itself: as given
                     restore()
             else:
                 model = base_model
                 use_adapter(model, None if spec is None or spec == BASE else spec)
             model.eval()
-            if warmup and k == 0:      # the first model should not pay for allocator and kernel warm-up
+            if warmup and k == 0:  # the first model should not pay for allocator and kernel warm-up
                 generate(model, tokenizer, inputs[:1], 2, sampling, 1, precision)
             on_piece = (lambda i, piece, name=name: stream(name, i, piece)) if stream else None
             outs = generate(model, tokenizer, inputs, max_new_tokens, sampling, batch_size, precision, on_piece)
             for i, g in enumerate(outs):
                 score = float(score_fn(inputs[i], g.text)) if score_fn else math.nan
-                rows.append({"prompt_id": i, "prompt": prompt_text(inputs[i]), "model": name, "text": g.text,
-                             "tokens": len(g.token_ids), "finish_reason": g.finish_reason,
-                             "ttft_s": g.ttft_s, "latency_s": g.latency_s, "tokens_per_s": g.tokens_per_s,
-                             "score": score})
+                rows.append(
+                    {
+                        "prompt_id": i,
+                        "prompt": prompt_text(inputs[i]),
+                        "model": name,
+                        "text": g.text,
+                        "tokens": len(g.token_ids),
+                        "finish_reason": g.finish_reason,
+                        "ttft_s": g.ttft_s,
+                        "latency_s": g.latency_s,
+                        "tokens_per_s": g.tokens_per_s,
+                        "score": score,
+                    }
+                )
                 if any(r is not None for r in references):
                     rows[-1]["reference"] = references[i]
     return pd.DataFrame(rows).sort_values(["prompt_id"], kind="stable").reset_index(drop=True)
@@ -202,10 +234,15 @@ def flips(results, base: str = BASE, threshold: float = 0.5):
         raise FmlabError("the results have no scores: pass score_fn to compare()")
     base_scores = results[results["model"] == base].set_index("prompt_id")["score"]
     others = results[results["model"] != base]
-    out = pd.DataFrame({"prompt_id": others["prompt_id"].values, "prompt": others["prompt"].values,
-                        "model": others["model"].values,
-                        "base_score": base_scores.loc[others["prompt_id"]].values,
-                        "score": others["score"].values})
+    out = pd.DataFrame(
+        {
+            "prompt_id": others["prompt_id"].values,
+            "prompt": others["prompt"].values,
+            "model": others["model"].values,
+            "base_score": base_scores.loc[others["prompt_id"]].values,
+            "score": others["score"].values,
+        }
+    )
     out["delta"] = out["score"] - out["base_score"]
     out["flip"] = [_flip(b >= threshold, s >= threshold) for b, s in zip(out["base_score"], out["score"])]
     return out
@@ -217,10 +254,16 @@ def summary(results, base: str = BASE, threshold: float = 0.5):
 
     order = list(dict.fromkeys(results["model"]))
     g = results.groupby("model", sort=False)
-    table = pd.DataFrame({"mean_score": g["score"].mean(),
-                          "pass_rate": g["score"].apply(lambda s: (s >= threshold).mean()),
-                          "mean_tokens": g["tokens"].mean(), "mean_latency_s": g["latency_s"].mean(),
-                          "mean_ttft_s": g["ttft_s"].mean(), "tokens_per_s": g["tokens_per_s"].mean()}).loc[order]
+    table = pd.DataFrame(
+        {
+            "mean_score": g["score"].mean(),
+            "pass_rate": g["score"].apply(lambda s: (s >= threshold).mean()),
+            "mean_tokens": g["tokens"].mean(),
+            "mean_latency_s": g["latency_s"].mean(),
+            "mean_ttft_s": g["ttft_s"].mean(),
+            "tokens_per_s": g["tokens_per_s"].mean(),
+        }
+    ).loc[order]
     if results["score"].isna().all():
         table = table.drop(columns=["mean_score", "pass_rate"])
     elif base in order:
@@ -261,7 +304,7 @@ def to_html(results, base: str = BASE, threshold: float = 0.5, diff: bool = True
     flip = {}
     if has_score and base in models:
         flip = {(r.prompt_id, r.model): r.flip for r in flips(results, base, threshold).itertuples()}
-    cut = (lambda t: t if max_chars is None or len(t) <= max_chars else t[:max_chars] + "…")
+    cut = lambda t: t if max_chars is None or len(t) <= max_chars else t[:max_chars] + "…"
     head = ["prompt"] + (["reference"] if has_ref else []) + models
     parts = ['<table style="border-collapse:collapse;table-layout:fixed;width:100%">', "<thead><tr>"]
     parts += [f'<th style="{_CELL}">{html.escape(h)}</th>' for h in head]
@@ -284,8 +327,10 @@ def to_html(results, base: str = BASE, threshold: float = 0.5, diff: bool = True
             if (pid, m) in flip and flip[(pid, m)] != "same":
                 stats += f" · <b>{flip[(pid, m)]}</b>"
             bg = FLIP_COLORS.get(flip.get((pid, m)), "")
-            parts.append(f'<td style="{_CELL}{"background:" + bg if bg else ""}"><pre style="{_PRE}">{text}</pre>'
-                         f'<div style="color:#666;font-size:11px;margin-top:4px">{stats}</div></td>')
+            parts.append(
+                f'<td style="{_CELL}{"background:" + bg if bg else ""}"><pre style="{_PRE}">{text}</pre>'
+                f'<div style="color:#666;font-size:11px;margin-top:4px">{stats}</div></td>'
+            )
         parts.append("</tr>")
     parts.append("</tbody></table>")
     return "".join(parts)

@@ -8,6 +8,7 @@ it the same shapes at every token (see `kv_cache.py`), and cache lengths are rou
 of `CACHE_BUCKET` so that prompts of different lengths share the compiled graph. The prefill stays
 eager (its length changes with every prompt).
 """
+
 from __future__ import annotations
 
 import time
@@ -29,9 +30,9 @@ class Generation:
     text: str
     token_ids: list[int]
     prompt_tokens: int
-    ttft_s: float                      # time to first token (prefill + first sample)
-    latency_s: float                   # whole request
-    finish_reason: str                 # "stop" (eos / <turn_end>) or "length"
+    ttft_s: float  # time to first token (prefill + first sample)
+    latency_s: float  # whole request
+    finish_reason: str  # "stop" (eos / <turn_end>) or "length"
     stats: dict = field(default_factory=dict)
 
     @property
@@ -48,7 +49,7 @@ def left_pad(prompts: list[list[int]], pad_id: int, eos_id: int):
     T = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, T - len(p):] = torch.tensor(p, dtype=torch.long)
+        ids[i, T - len(p) :] = torch.tensor(p, dtype=torch.long)
     pad = torch.arange(T)[None, :] < torch.tensor([T - len(p) for p in prompts])[:, None]
     seg = torch.where(pad, 0, 1 + torch.cumsum(ids == eos_id, dim=1))
     return ids, seg
@@ -62,7 +63,6 @@ def compiled_step():
     """`Transformer.step` under torch.compile (one graph per model structure and token count)."""
     global _compiled_step
     if _compiled_step is None:
-
         _compiled_step = torch.compile(Transformer.step, fullgraph=True, dynamic=False)
     return _compiled_step
 
@@ -76,7 +76,7 @@ def unwrap_compiled(model, compile_model: bool):
 
 
 def new_cache(model, batch_size: int, length: int, precision: str, compiled: bool):
-    if compiled:     # shared graph across prompt lengths; the extra slots are masked out
+    if compiled:  # shared graph across prompt lengths; the extra slots are masked out
         length = -(-length // CACHE_BUCKET) * CACHE_BUCKET
     return model.new_cache(batch_size, length, dtype=cache_dtype(precision))
 
@@ -101,16 +101,26 @@ def decode_one(model, token: torch.Tensor, cache, compiled: bool = False) -> tor
 def check_context(model, prompt_len: int, max_new_tokens: int):
     limit = model.config.context_length
     if prompt_len + max_new_tokens > limit:
-        raise FmlabError(f"prompt ({prompt_len} tokens) + max new tokens ({max_new_tokens}) = "
-                         f"{prompt_len + max_new_tokens} exceeds the model's context of {limit}; "
-                         f"shorten the prompt or lower --max-new-tokens")
+        raise FmlabError(
+            f"prompt ({prompt_len} tokens) + max new tokens ({max_new_tokens}) = "
+            f"{prompt_len + max_new_tokens} exceeds the model's context of {limit}; "
+            f"shorten the prompt or lower --max-new-tokens"
+        )
 
 
 @torch.inference_mode()
-def generate_ids(model, prompts: list[list[int]], stop: set[int], max_new_tokens: int = 50,
-                 sampling: Sampling | None = None, pad_id: int = 0, eos_id: int = 1,
-                 precision: str = "f32", on_token: Callable[[int, int], None] | None = None,
-                 compile_model: bool = False):
+def generate_ids(
+    model,
+    prompts: list[list[int]],
+    stop: set[int],
+    max_new_tokens: int = 50,
+    sampling: Sampling | None = None,
+    pad_id: int = 0,
+    eos_id: int = 1,
+    precision: str = "f32",
+    on_token: Callable[[int, int], None] | None = None,
+    compile_model: bool = False,
+):
     """Token-level generation for a batch of prompt ids. Returns (new ids per row, finish reasons, ttft)."""
     sampling = sampling or Sampling()
     model, compiled = unwrap_compiled(model, compile_model)
@@ -152,9 +162,17 @@ def encode_prompts(tokenizer, prompts) -> list[list[int]]:
     return encoded
 
 
-def generate(model, tokenizer, prompts, max_new_tokens: int = 50, sampling: Sampling | None = None,
-             batch_size: int = 1, precision: str = "f32",
-             stream: Callable[[int, str], None] | None = None, compile_model: bool = False) -> list[Generation]:
+def generate(
+    model,
+    tokenizer,
+    prompts,
+    max_new_tokens: int = 50,
+    sampling: Sampling | None = None,
+    batch_size: int = 1,
+    precision: str = "f32",
+    stream: Callable[[int, str], None] | None = None,
+    compile_model: bool = False,
+) -> list[Generation]:
     """Generate a reply for each prompt (message list or plain user text), `batch_size` at a time.
     `stream(i, text)` is called with each new piece of text of prompt i. `compile_model` compiles
     the decode step (pays off over a few hundred tokens; the first call compiles for tens of seconds)."""
@@ -162,19 +180,28 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 50, sampling: Samp
     stop = stop_ids(tokenizer)
     results = []
     for b in range(0, len(encoded), batch_size):
-        chunk = encoded[b:b + batch_size]
+        chunk = encoded[b : b + batch_size]
         pieces = [[] for _ in chunk]
 
         def on_token(i, t, b=b, pieces=pieces):
             if stream and t not in stop:
                 before = tokenizer.decode(pieces[i])
                 pieces[i].append(t)
-                stream(b + i, tokenizer.decode(pieces[i])[len(before):])
+                stream(b + i, tokenizer.decode(pieces[i])[len(before) :])
 
         start = time.perf_counter()
-        out, reasons, ttft = generate_ids(model, chunk, stop, max_new_tokens, sampling, tokenizer.pad_id,
-                                          tokenizer.eos_id, precision, on_token if stream else None,
-                                          compile_model)
+        out, reasons, ttft = generate_ids(
+            model,
+            chunk,
+            stop,
+            max_new_tokens,
+            sampling,
+            tokenizer.pad_id,
+            tokenizer.eos_id,
+            precision,
+            on_token if stream else None,
+            compile_model,
+        )
         latency = time.perf_counter() - start
         for ids, prompt, reason in zip(out, chunk, reasons):
             text_ids = [t for t in ids if t not in stop]

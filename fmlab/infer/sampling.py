@@ -3,13 +3,14 @@
 `probabilities` is the one place logits become a distribution, so plain and speculative decoding
 sample from exactly the same processed distribution (which is what makes speculative sampling exact).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-GREEDY_BELOW = 1e-5     # Apple's generate treats temperatures at or below this as greedy
+GREEDY_BELOW = 1e-5  # Apple's generate treats temperatures at or below this as greedy
 
 
 @dataclass
@@ -36,7 +37,7 @@ def probabilities(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
     if s.top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = cum - sorted_logits.softmax(-1) >= s.top_p     # keep the smallest set reaching top_p
+        drop_sorted = cum - sorted_logits.softmax(-1) >= s.top_p  # keep the smallest set reaching top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits.softmax(-1)

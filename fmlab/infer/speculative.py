@@ -7,6 +7,7 @@ accept with probability min(1, p_i(x_i) / q_i(x_i)); at the first rejection, sam
 from norm(max(0, p_i - q_i)) and stop; if all k are accepted, sample a bonus token from p_{k+1}.
 Rejected tokens are rolled back by moving each cache's end slot; nothing is copied.
 """
+
 from __future__ import annotations
 
 import time
@@ -26,9 +27,17 @@ from fmlab.model.precision import autocast
 
 
 @torch.inference_mode()
-def speculative_generate(target, draft, prompt: list[int], stop: set[int], max_new_tokens: int = 50,
-                         num_draft_tokens: int = 5, sampling: Sampling | None = None,
-                         precision: str = "f32", compile_model: bool = False) -> tuple[list[int], dict]:
+def speculative_generate(
+    target,
+    draft,
+    prompt: list[int],
+    stop: set[int],
+    max_new_tokens: int = 50,
+    num_draft_tokens: int = 5,
+    sampling: Sampling | None = None,
+    precision: str = "f32",
+    compile_model: bool = False,
+) -> tuple[list[int], dict]:
     """Generate for one prompt; returns (new token ids, acceptance statistics). `compile_model` compiles
     both models' decode steps (as `generate` does): the draft's one-token step and the target's
     (k + 1)-token check.
@@ -47,7 +56,7 @@ def speculative_generate(target, draft, prompt: list[int], stop: set[int], max_n
     t_cache = new_cache(target, 1, size, precision, compiled)
     d_cache = new_cache(draft, 1, size, precision, compiled)
 
-    def run(model, ids, cache):      # logits (1, T, V) for ids (1, T) appended to the cache
+    def run(model, ids, cache):  # logits (1, T, V) for ids (1, T) appended to the cache
         return model(ids, cache=cache) if cache.end == 0 else extend(model, ids, cache, compiled)
 
     out: list[int] = []
@@ -63,17 +72,17 @@ def speculative_generate(target, draft, prompt: list[int], stop: set[int], max_n
             tokens, q = [], []
             for i in range(k):
                 if s.greedy:
-                    tokens.append(d_logits.argmax(-1))                                      # (1,)
+                    tokens.append(d_logits.argmax(-1))  # (1,)
                 else:
                     q.append(probabilities(d_logits, s)[0])
                     tokens.append(torch.multinomial(q[-1], 1, generator=gen))
                 if i < k - 1:
                     d_logits = decode_one(draft, tokens[-1], d_cache, compiled)
             block = torch.cat([t_todo, torch.cat(tokens)[None]], dim=1)
-            drafted = block[0, -k:].tolist()                          # the round's one read-back
+            drafted = block[0, -k:].tolist()  # the round's one read-back
             # 2. target scores pending + drafts in one forward: k + 1 distributions
             t_len_before = t_cache.end
-            t_logits = run(target, block, t_cache)[0, -(k + 1):]
+            t_logits = run(target, block, t_cache)[0, -(k + 1) :]
             # 3. accept a prefix of the drafts, then one corrected or bonus token
             if s.greedy:
                 best = t_logits.argmax(-1).tolist()
@@ -84,12 +93,13 @@ def speculative_generate(target, draft, prompt: list[int], stop: set[int], max_n
             else:
                 p = probabilities(t_logits, s)
                 n = 0
-                while n < k and bool(torch.rand((), generator=gen, device=device) * q[n][drafted[n]]
-                                     <= p[n][drafted[n]]):
+                while n < k and bool(
+                    torch.rand((), generator=gen, device=device) * q[n][drafted[n]] <= p[n][drafted[n]]
+                ):
                     n += 1
                 if n < k:
                     residual = (p[n] - q[n]).clamp_min(0)
-                    if residual.sum() <= 0:     # p == q exactly: any token of p is a valid replacement
+                    if residual.sum() <= 0:  # p == q exactly: any token of p is a valid replacement
                         residual = p[n]
                     nxt = int(torch.multinomial(residual / residual.sum(), 1, generator=gen))
                 else:
@@ -111,9 +121,15 @@ def speculative_generate(target, draft, prompt: list[int], stop: set[int], max_n
             if out[-1] in stop:
                 break
     seconds = time.perf_counter() - start
-    stats = {"proposed": proposed, "accepted": accepted, "rounds": rounds,
-             "acceptance_rate": accepted / max(proposed, 1),
-             "mean_accepted_length": accepted / max(rounds, 1),
-             "tokens_per_round": len(out) / max(rounds, 1),
-             "seconds": seconds, "ttft_s": ttft or 0.0, "new_tokens": len(out)}
+    stats = {
+        "proposed": proposed,
+        "accepted": accepted,
+        "rounds": rounds,
+        "acceptance_rate": accepted / max(proposed, 1),
+        "mean_accepted_length": accepted / max(rounds, 1),
+        "tokens_per_round": len(out) / max(rounds, 1),
+        "seconds": seconds,
+        "ttft_s": ttft or 0.0,
+        "new_tokens": len(out),
+    }
     return out, stats

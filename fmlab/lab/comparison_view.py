@@ -8,6 +8,7 @@ the widget, anything else (papermill output, nbviewer, GitHub) shows the table. 
 waiting on events. `live=None` means: live when running inside an IPython kernel, unless
 `FMLAB_WIDGETS=static` is set. ipywidgets is imported when the widget is built.
 """
+
 from __future__ import annotations
 
 from fmlab.infer.compare import (
@@ -32,9 +33,20 @@ class ComparisonView:
     results: an existing `compare()` DataFrame to show; otherwise `prompts` are generated when the
     static table is first needed (and the first prompt fills the prompt box)."""
 
-    def __init__(self, models: dict, tokenizer, prompts=(), results=None, base_model=None, assets=None,
-                 max_new_tokens: int = 50, sampling=None, score_fn=None, threshold: float = 0.5,
-                 live: bool | None = None):
+    def __init__(
+        self,
+        models: dict,
+        tokenizer,
+        prompts=(),
+        results=None,
+        base_model=None,
+        assets=None,
+        max_new_tokens: int = 50,
+        sampling=None,
+        score_fn=None,
+        threshold: float = 0.5,
+        live: bool | None = None,
+    ):
 
         self.models, self.tokenizer, self.prompts = dict(models), tokenizer, list(prompts)
         self.results, self.base_model, self.assets = results, base_model, assets
@@ -51,9 +63,17 @@ class ComparisonView:
         """Run `compare` on `prompts` (default: the view's) for the named `models` (default: all)."""
 
         chosen = {m: self.models[m] for m in (models or self.models)}
-        return compare(chosen, self.tokenizer, prompts if prompts is not None else self.prompts,
-                       self.max_new_tokens, self.sampling, self.score_fn, base_model=self.base_model,
-                       assets=self.assets, stream=stream)
+        return compare(
+            chosen,
+            self.tokenizer,
+            prompts if prompts is not None else self.prompts,
+            self.max_new_tokens,
+            self.sampling,
+            self.score_fn,
+            base_model=self.base_model,
+            assets=self.assets,
+            stream=stream,
+        )
 
     def _ensure_results(self):
         if self.results is None and self.prompts:
@@ -83,22 +103,29 @@ class ComparisonView:
             return self._widget
         import ipywidgets as w
 
-        self.prompt_box = w.Textarea(value=self.initial_prompt, placeholder="a prompt", description="prompt",
-                                     layout=w.Layout(width="100%", height="80px"))
+        self.prompt_box = w.Textarea(
+            value=self.initial_prompt,
+            placeholder="a prompt",
+            description="prompt",
+            layout=w.Layout(width="100%", height="80px"),
+        )
         names = list(self.models)
-        self.model_select = w.SelectMultiple(options=names, value=tuple(names), description="models",
-                                             rows=min(len(names), 6))
+        self.model_select = w.SelectMultiple(
+            options=names, value=tuple(names), description="models", rows=min(len(names), 6)
+        )
         self.button = w.Button(description="Generate", button_style="primary", icon="play")
         self.status = w.HTML()
-        self.columns = {n: w.HTML(layout=w.Layout(border="1px solid #ccc", padding="4px", min_height="60px"))
-                        for n in names}
+        self.columns = {
+            n: w.HTML(layout=w.Layout(border="1px solid #ccc", padding="4px", min_height="60px")) for n in names
+        }
         self.score_table = w.HTML()
         self.button.on_click(lambda _: self.on_generate())
         self.model_select.observe(lambda _: self._layout_columns(), names="value")
         self.column_box = w.HBox(layout=w.Layout(width="100%"))
         self._layout_columns()
-        self._widget = w.VBox([self.prompt_box, w.HBox([self.model_select, self.button, self.status]),
-                               self.column_box, self.score_table])
+        self._widget = w.VBox(
+            [self.prompt_box, w.HBox([self.model_select, self.button, self.status]), self.column_box, self.score_table]
+        )
         results = self.results
         if results is not None and len(results):
             self._fill(results[results["prompt_id"] == results["prompt_id"].iloc[0]])
@@ -108,17 +135,21 @@ class ComparisonView:
         import ipywidgets as w
 
         chosen = list(self.model_select.value)
-        self.column_box.children = [w.VBox([w.HTML(f"<b>{_esc(n)}</b>"), self.columns[n]],
-                                           layout=w.Layout(flex="1 1 0", min_width="0")) for n in chosen]
+        self.column_box.children = [
+            w.VBox([w.HTML(f"<b>{_esc(n)}</b>"), self.columns[n]], layout=w.Layout(flex="1 1 0", min_width="0"))
+            for n in chosen
+        ]
 
     def _fill(self, results) -> None:
 
         for r in results.itertuples():
             if r.model in self.columns:
-                score = "" if r.score != r.score else f"score {r.score:.2f} · "     # NaN check
-                self.columns[r.model].value = (f'<pre style="{_PRE}">{_esc(r.text)}</pre><div style="color:#666;'
-                                               f'font-size:11px">{score}{r.tokens} tok · ttft {r.ttft_s:.2f} s · '
-                                               f'{r.latency_s:.2f} s</div>')
+                score = "" if r.score != r.score else f"score {r.score:.2f} · "  # NaN check
+                self.columns[r.model].value = (
+                    f'<pre style="{_PRE}">{_esc(r.text)}</pre><div style="color:#666;'
+                    f'font-size:11px">{score}{r.tokens} tok · ttft {r.ttft_s:.2f} s · '
+                    f"{r.latency_s:.2f} s</div>"
+                )
         self.score_table.value = self._summary_html(results)
 
     def on_generate(self):
@@ -143,7 +174,7 @@ class ComparisonView:
             self._fill(results)
             self.status.value = ""
             return results
-        except Exception as err:     # shown in the view: a button callback has nowhere else to report
+        except Exception as err:  # shown in the view: a button callback has nowhere else to report
             self.status.value = f'<span style="color:#b00">{_esc(type(err).__name__)}: {_esc(str(err))}</span>'
             raise
         finally:

@@ -1,4 +1,5 @@
 """`fmlab demo`: run the notebooks in order, headlessly, on the embedded default, into `out/`."""
+
 from __future__ import annotations
 
 import time
@@ -7,11 +8,12 @@ from pathlib import Path
 from fmlab.errors import FmlabError
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
-OUT = NOTEBOOK_DIR.parent / "out"        # the notebooks' `../out`: the only link between them
+OUT = NOTEBOOK_DIR.parent / "out"  # the notebooks' `../out`: the only link between them
 
 
-def run_notebooks(smoke: bool = False, only: list[str] | None = None, notebook_dir: Path = NOTEBOOK_DIR,
-                  out_dir: Path = OUT) -> list[dict]:
+def run_notebooks(
+    smoke: bool = False, only: list[str] | None = None, notebook_dir: Path = NOTEBOOK_DIR, out_dir: Path = OUT
+) -> list[dict]:
     """Execute every numbered notebook (or those whose name starts with one of `only`) with papermill;
     executed copies land in `out/notebooks/`. Returns per-notebook timings."""
     import papermill
@@ -28,11 +30,19 @@ def run_notebooks(smoke: bool = False, only: list[str] | None = None, notebook_d
         print(f"[{i}/{len(notebooks)}] {nb.stem} ...", flush=True)
         start = time.perf_counter()
         try:
-            papermill.execute_notebook(str(nb), str(executed / nb.name), parameters={"SMOKE": smoke},
-                                       kernel_name="python3", cwd=str(nb.parent), progress_bar=True)
+            papermill.execute_notebook(
+                str(nb),
+                str(executed / nb.name),
+                parameters={"SMOKE": smoke},
+                kernel_name="python3",
+                cwd=str(nb.parent),
+                progress_bar=True,
+            )
         except papermill.PapermillExecutionError as err:
-            raise FmlabError(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
-                             f"  executed notebook: {executed / nb.name}") from None
+            raise FmlabError(
+                f"{nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
+                f"  executed notebook: {executed / nb.name}"
+            ) from None
         seconds = time.perf_counter() - start
         results.append({"notebook": nb.stem, "seconds": round(seconds, 1)})
         print(f"      done in {seconds:.0f} s", flush=True)

@@ -1,6 +1,7 @@
 """The one-page HTML summary of a `fmlab demo` run, built from what the notebooks left in `out/`:
 loss curves, play-format score base vs adapter, draft acceptance and speculative speedup, and the
 exported package's contents and sizes. Sections whose files are missing are skipped."""
+
 from __future__ import annotations
 
 import base64
@@ -10,9 +11,11 @@ from pathlib import Path
 
 from fmlab.files import atomic_write
 
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}"
-         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-         "th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}h2{margin-top:1.6em}")
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+    "th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}h2{margin-top:1.6em}"
+)
 
 
 def _img(path: Path) -> str:
@@ -43,31 +46,44 @@ def _drafts(out: Path) -> list[dict]:
         return []
     manifest = json.loads(path.read_text())
     entries = manifest["checkpoints"] + ([manifest["final"]] if manifest.get("final") else [])
-    return [{"draft": e["path"], "acceptance rate": e.get("acceptance_rate", float("nan")),
-             "speedup": e.get("speedup", float("nan")),
-             "best": "yes" if e["path"] == manifest.get("best_by_acceptance") else ""} for e in entries]
+    return [
+        {
+            "draft": e["path"],
+            "acceptance rate": e.get("acceptance_rate", float("nan")),
+            "speedup": e.get("speedup", float("nan")),
+            "best": "yes" if e["path"] == manifest.get("best_by_acceptance") else "",
+        }
+        for e in entries
+    ]
 
 
 def _package(out: Path) -> list[dict]:
     packages = sorted((out / "export").glob("*.fmadapter")) if (out / "export").is_dir() else []
     if not packages:
         return []
-    return [{"file": f"{packages[0].name}/{p.relative_to(packages[0]).as_posix()}", "bytes": p.stat().st_size}
-            for p in sorted(packages[0].rglob("*")) if p.is_file()]
+    return [
+        {"file": f"{packages[0].name}/{p.relative_to(packages[0]).as_posix()}", "bytes": p.stat().st_size}
+        for p in sorted(packages[0].rglob("*"))
+        if p.is_file()
+    ]
 
 
 def write_summary(out: str | Path = "out", timings: list[dict] | None = None) -> Path:
     out = Path(out)
-    parts = [f"<!doctype html><meta charset='utf-8'><title>fmlab demo summary</title><style>{STYLE}</style>",
-             "<h1>fmlab demo: the adapter workflow on fmlab-tiny</h1>"]
+    parts = [
+        f"<!doctype html><meta charset='utf-8'><title>fmlab demo summary</title><style>{STYLE}</style>",
+        "<h1>fmlab demo: the adapter workflow on fmlab-tiny</h1>",
+    ]
     if timings:
         parts += ["<h2>Run</h2>", _table(timings)]
     curves = [p for p in (out / "adapter" / "loss.png", out / "draft" / "loss.png") if p.is_file()]
     if curves:
         parts += ["<h2>Loss curves (adapter, then draft distillation)</h2>"] + [_img(p) for p in curves]
-    sections = [("Play-format score on held-out prompts: base vs adapter", _scores(out)),
-                ("Drafts scored by speculative acceptance (k=5, T=0) against the adapter", _drafts(out)),
-                ("Exported package", _package(out))]
+    sections = [
+        ("Play-format score on held-out prompts: base vs adapter", _scores(out)),
+        ("Drafts scored by speculative acceptance (k=5, T=0) against the adapter", _drafts(out)),
+        ("Exported package", _package(out)),
+    ]
     for title, rows in sections:
         if rows:
             parts += [f"<h2>{html.escape(title)}</h2>", _table(rows)]

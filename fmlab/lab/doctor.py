@@ -5,6 +5,7 @@ comes with its fix. It never loads a model into memory: package versions come fr
 weights are checked key by key and shape by shape on a memory map, so it runs in seconds on Apple's 3B
 assets too (the checksums, when a manifest lists them, read each file once).
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -31,8 +32,13 @@ from fmlab.model.precision import bf16_supported, resolve_device
 from fmlab.model.transformer import build_model
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
-ASSET_FILES = ("base-model-config.json", "base-model.pt", "draft-model-config.json", "draft-model.pt",
-               "tokenizer.model")
+ASSET_FILES = (
+    "base-model-config.json",
+    "base-model.pt",
+    "draft-model-config.json",
+    "draft-model.pt",
+    "tokenizer.model",
+)
 TEMPLATE_FILES = ("checkpoint_spec.yaml", "weights_template.bin", "draft.mil")
 
 # name: (minimum, below (exclusive), required, what needs it)
@@ -83,14 +89,25 @@ def check_package(name: str) -> Check:
 def check_devices() -> list[Check]:
     import torch
 
-
-    rows = [Check("cpu", OK, f"{torch.get_num_threads()} threads, bf16 {'yes' if bf16_supported(torch.device('cpu')) else 'no'}")]
+    rows = [
+        Check(
+            "cpu",
+            OK,
+            f"{torch.get_num_threads()} threads, bf16 {'yes' if bf16_supported(torch.device('cpu')) else 'no'}",
+        )
+    ]
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
         memory = torch.cuda.get_device_properties(0).total_memory / 2**30
         bf16 = bf16_supported(torch.device("cuda"))
-        rows.append(Check("cuda", OK if bf16 else WARN, f"{name}, {memory:.0f} GiB, bf16 {'yes' if bf16 else 'no'}",
-                          "" if bf16 else "this GPU has no bf16: train with --precision f16-mixed or f32"))
+        rows.append(
+            Check(
+                "cuda",
+                OK if bf16 else WARN,
+                f"{name}, {memory:.0f} GiB, bf16 {'yes' if bf16 else 'no'}",
+                "" if bf16 else "this GPU has no bf16: train with --precision f16-mixed or f32",
+            )
+        )
     else:
         rows.append(Check("cuda", OK, "not available"))
     mps = getattr(torch.backends, "mps", None)
@@ -106,8 +123,11 @@ def planned_bytes(assets: Path, keep_best: int) -> dict[str, int]:
     cfg = from_tamm_json(assets / "base-model-config.json")
     lora = sum(p.numel() for n, p in build_model(cfg, device="meta").named_parameters() if ".lora_" in n)
     draft = (assets / "draft-model.pt").stat().st_size
-    return {"adapter run": 4 * lora * (keep_best + 1 + 3), "draft run": draft * (keep_best + 1 + 3),
-            "export": 2 * lora + draft}
+    return {
+        "adapter run": 4 * lora * (keep_best + 1 + 3),
+        "draft run": draft * (keep_best + 1 + 3),
+        "export": 2 * lora + draft,
+    }
 
 
 def check_disk(out_dir: Path, assets: Path, keep_best: int) -> Check:
@@ -118,8 +138,11 @@ def check_disk(out_dir: Path, assets: Path, keep_best: int) -> Check:
     except (FmlabError, OSError) as err:
         return Check("disk space", WARN, f"{free / 2**30:.1f} GiB free at {existing}; no plan ({err})")
     need = sum(plan.values())
-    detail = (f"{free / 2**30:.1f} GiB free at {existing}; a run writes about {need / 2**30:.2f} GiB ("
-              + ", ".join(f"{k} {v / 2**30:.2f}" for k, v in plan.items()) + f"; --keep-best {keep_best})")
+    detail = (
+        f"{free / 2**30:.1f} GiB free at {existing}; a run writes about {need / 2**30:.2f} GiB ("
+        + ", ".join(f"{k} {v / 2**30:.2f}" for k, v in plan.items())
+        + f"; --keep-best {keep_best})"
+    )
     if free < need:
         return Check("disk space", FAIL, detail, "free space, choose another --checkpoint-dir or lower --keep-best")
     if free < 2 * need:
@@ -154,13 +177,27 @@ def check_assets(assets: Path) -> list[Check]:
     if not assets.is_dir():
         return [Check("assets", FAIL, f"{assets} is not a directory", fix)]
     missing = [f for f in ASSET_FILES if not (assets / f).is_file()]
-    rows = [Check("assets files", FAIL if missing else OK,
-                  f"missing {', '.join(missing)} in {assets}" if missing else f"all present in {assets}", fix if missing else "")]
+    rows = [
+        Check(
+            "assets files",
+            FAIL if missing else OK,
+            f"missing {', '.join(missing)} in {assets}" if missing else f"all present in {assets}",
+            fix if missing else "",
+        )
+    ]
     template = [f for f in TEMPLATE_FILES if (assets / f).is_file()]
-    rows.append(Check("draft template", OK if len(template) in (0, 3) else WARN,
-                      "present" if len(template) == 3 else "absent: exports carry the Core ML draft only"
-                      if not template else f"incomplete: only {', '.join(template)}",
-                      "" if len(template) in (0, 3) else f"copy all of {', '.join(TEMPLATE_FILES)}"))
+    rows.append(
+        Check(
+            "draft template",
+            OK if len(template) in (0, 3) else WARN,
+            "present"
+            if len(template) == 3
+            else "absent: exports carry the Core ML draft only"
+            if not template
+            else f"incomplete: only {', '.join(template)}",
+            "" if len(template) in (0, 3) else f"copy all of {', '.join(TEMPLATE_FILES)}",
+        )
+    )
     rows += _check_manifest(assets)
     configs = {}
     for name in ("base-model-config.json", "draft-model-config.json"):
@@ -187,8 +224,14 @@ def check_assets(assets: Path) -> list[Check]:
                 problem = _check_weights(assets / weights, assets / config)
             except FmlabError as err:
                 problem = str(err).replace("\n", " ")
-            rows.append(Check(weights, FAIL if problem else OK, problem or "keys and shapes match the config",
-                              fix if problem else ""))
+            rows.append(
+                Check(
+                    weights,
+                    FAIL if problem else OK,
+                    problem or "keys and shapes match the config",
+                    fix if problem else "",
+                )
+            )
     return rows
 
 
@@ -200,12 +243,22 @@ def _check_manifest(assets: Path) -> list[Check]:
         files = json.loads(path.read_text())["files"]
     except (ValueError, KeyError, TypeError) as err:
         return [Check("checksums", FAIL, f"{path}: unreadable ({err})", "rebuild with fmlab build-assets")]
-    bad = [name for name, info in files.items()
-           if not (assets / name).is_file() or (assets / name).stat().st_size != info.get("bytes")
-           or file_sha(assets / name) != info.get("sha256")]
+    bad = [
+        name
+        for name, info in files.items()
+        if not (assets / name).is_file()
+        or (assets / name).stat().st_size != info.get("bytes")
+        or file_sha(assets / name) != info.get("sha256")
+    ]
     if bad:
-        return [Check("checksums", FAIL, f"differ from manifest.json: {', '.join(bad)}",
-                      "restore the files (git checkout assets/) or rebuild them with fmlab build-assets")]
+        return [
+            Check(
+                "checksums",
+                FAIL,
+                f"differ from manifest.json: {', '.join(bad)}",
+                "restore the files (git checkout assets/) or rebuild them with fmlab build-assets",
+            )
+        ]
     return [Check("checksums", OK, f"{len(files)} files match manifest.json")]
 
 
@@ -219,7 +272,9 @@ def run_checks(assets: str | Path | None = None, out_dir: str | Path = "out", ke
 
 def table(checks: list[Check]) -> str:
     width = max(len(c.name) for c in checks)
-    lines = [f"{c.status:<5} {c.name:<{width}}  {c.detail}" + (f"\n{'':<{width + 8}}fix: {c.fix}" if c.fix else "")
-             for c in checks]
+    lines = [
+        f"{c.status:<5} {c.name:<{width}}  {c.detail}" + (f"\n{'':<{width + 8}}fix: {c.fix}" if c.fix else "")
+        for c in checks
+    ]
     counts = {s: sum(c.status == s for c in checks) for s in (OK, WARN, FAIL)}
     return "\n".join(lines) + f"\n\n{counts[OK]} ok, {counts[WARN]} warning(s), {counts[FAIL]} failure(s)"

@@ -1,4 +1,5 @@
 """Environment and model reports shown by `fmlab info` and notebook 00."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -12,8 +13,17 @@ from fmlab.checkpoints.assets import REPO_ASSETS
 from fmlab.model.precision import bf16_supported, resolve_device
 from fmlab.model.transformer import count_parameters
 
-PACKAGES = ("torch", "numpy", "sentencepiece", "coremltools", "safetensors", "pandas", "matplotlib",
-            "ipywidgets", "papermill")
+PACKAGES = (
+    "torch",
+    "numpy",
+    "sentencepiece",
+    "coremltools",
+    "safetensors",
+    "pandas",
+    "matplotlib",
+    "ipywidgets",
+    "papermill",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -29,17 +39,18 @@ def package_versions() -> dict[str, str]:
 def environment_report(assets: str | Path | None = None) -> dict[str, str]:
     import os
 
-
     device = resolve_device()
     chosen = Path(assets or os.environ.get("FMLAB_ASSETS") or REPO_ASSETS)
     report = {"fmlab": __version__, "python": platform.python_version(), "platform": platform.platform()}
     report.update(package_versions())
-    report.update({
-        "device": str(device),
-        "bf16": "yes" if bf16_supported(device) else "no",
-        "cpu threads": str(torch.get_num_threads()),
-        "assets": f"{chosen}{'' if chosen.is_dir() else ' (missing)'}",
-    })
+    report.update(
+        {
+            "device": str(device),
+            "bf16": "yes" if bf16_supported(device) else "no",
+            "cpu threads": str(torch.get_num_threads()),
+            "assets": f"{chosen}{'' if chosen.is_dir() else ' (missing)'}",
+        }
+    )
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name()
     return report
@@ -49,14 +60,15 @@ def parameter_table(model):
     """A DataFrame of parameters per component (embedding, segment_0, segment_1, LoRA) in millions."""
     import pandas as pd
 
-
     counts = count_parameters(model)
     cfg = model.config
-    rows = [("embedding (tied output)", counts["embedding"], "frozen"),
-            (f"segment_0: {cfg.num_regular_layers} regular layers", counts["segment_0"], "frozen"),
-            (f"segment_1: {cfg.num_kv_reuse_layers} KV-reuse layers", counts["segment_1"], "frozen"),
-            ("output norm", counts["output_norm"], "frozen"),
-            ("LoRA adapter", counts["lora"], "trainable")]
+    rows = [
+        ("embedding (tied output)", counts["embedding"], "frozen"),
+        (f"segment_0: {cfg.num_regular_layers} regular layers", counts["segment_0"], "frozen"),
+        (f"segment_1: {cfg.num_kv_reuse_layers} KV-reuse layers", counts["segment_1"], "frozen"),
+        ("output norm", counts["output_norm"], "frozen"),
+        ("LoRA adapter", counts["lora"], "trainable"),
+    ]
     table = pd.DataFrame(rows, columns=["component", "parameters", "role"])
     table["millions"] = (table["parameters"] / 1e6).round(3)
     table["share %"] = (100 * table["parameters"] / table["parameters"].sum()).round(2)

@@ -1,4 +1,5 @@
 """Is a notebook front end attached? Decides whether the lab's views draw live or as static output."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The loss-mask view: a tokenized sample as HTML, trained tokens highlighted (notebook 01)."""
+
 from __future__ import annotations
 
 import html

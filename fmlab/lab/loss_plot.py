@@ -7,6 +7,7 @@ JupyterLab shows live and papermill simply records (the last image stays in the 
 Outside a kernel (plain python, the CLI) it only writes the PNG file, rewritten atomically every
 `png_interval_s` seconds so it can be watched during a CLI run. matplotlib is imported when drawing.
 """
+
 from __future__ import annotations
 
 import io
@@ -48,8 +49,9 @@ def _draw(axes, steps: list[dict], evals: list[dict], title: str | None = None) 
         if "tokens_per_s" in steps[0]:
             ax_tps.plot(x, [r["tokens_per_s"] for r in steps], lw=1, color="tab:purple")
     if evals:
-        ax_loss.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval",
-                     color="tab:orange")
+        ax_loss.plot(
+            [r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval", color="tab:orange"
+        )
     ax_loss.set_title("loss")
     ax_lr.set_title("learning rate")
     ax_tps.set_title("tokens / s")
@@ -96,8 +98,15 @@ class LiveLossPlot:
     everywhere it writes `path` (if given) at the end and every `png_interval_s` seconds on the way.
     Rendering uses matplotlib's Agg canvas directly, so no pyplot state or GUI backend is touched."""
 
-    def __init__(self, path: str | Path | None = None, live: bool | None = None, title: str | None = None,
-                 interval_s: float = 2.0, png_interval_s: float = 15.0, figsize=(13, 3.4)):
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        live: bool | None = None,
+        title: str | None = None,
+        interval_s: float = 2.0,
+        png_interval_s: float = 15.0,
+        figsize=(13, 3.4),
+    ):
         self.path = Path(path) if path else None
         self.title = title
         self.live = resolve_live(live)
@@ -132,7 +141,7 @@ class LiveLossPlot:
         path = Path(path) if path else self.path
         if path is None:
             return None
-        with atomic_write(path) as f:       # a viewer watching the file never sees half a PNG
+        with atomic_write(path) as f:  # a viewer watching the file never sees half a PNG
             f.write(png if png is not None else self.render())
         return path
 
@@ -169,5 +178,3 @@ class LiveLossPlot:
 
 
 # --- side-by-side comparison -----------------------------------------------------------------------
-
-

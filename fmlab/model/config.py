@@ -1,9 +1,10 @@
 """Model and LoRA configuration: the AFMTextV7 dataclass, presets, and Apple's tamm JSON format.
 
-`afm-3b` and `afm-draft` are Apple's base and draft (afm-facts.md §1.1, §1.3); `tiny` is for tests.
+`afm-3b` and `afm-draft` are Apple's base and draft (docs/afm-format.md §1.1, §1.3); `tiny` is for tests.
 `from_tamm_json` reads `base-model-config.json` / `draft-model-config.json`, where absent fields take
 the AFMTextV7 defaults.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,10 @@ class LoRAConfig:
         self.targets = tuple(self.targets)
         unknown = set(self.targets) - set(LORA_TARGETS)
         if unknown or self.rank < 1:
-            raise FmlabError(f"bad LoRA config: rank={self.rank}, unknown targets {sorted(unknown)} "
-                             f"(choose from {', '.join(LORA_TARGETS)})")
+            raise FmlabError(
+                f"bad LoRA config: rank={self.rank}, unknown targets {sorted(unknown)} "
+                f"(choose from {', '.join(LORA_TARGETS)})"
+            )
 
     @property
     def scale(self) -> float:
@@ -50,8 +53,8 @@ class ModelConfig:
     hidden_dim_scale_factor: float = 3.25
     rope_theta: float = 500000.0
     norm_eps: float = 1e-5
-    kv_quant: bool = True                 # int8 KV fake-quant with frozen ranges (KVQuantArchOptimizer)
-    context_length: int = 4096            # prompt + generated tokens must fit
+    kv_quant: bool = True  # int8 KV fake-quant with frozen ranges (KVQuantArchOptimizer)
+    context_length: int = 4096  # prompt + generated tokens must fit
     lora: LoRAConfig | None = field(default_factory=LoRAConfig)
 
     def __post_init__(self):
@@ -89,13 +92,37 @@ class ModelConfig:
 
 PRESETS = {
     "afm-3b": ModelConfig(),
-    "afm-draft": ModelConfig(hidden_dim=256, hidden_dim_scale_factor=3, num_heads=8, num_kv_heads=4,
-                             num_layers=12, num_kv_reuse_layers=0, kv_quant=False, lora=None),
-    "tiny": ModelConfig(vocab_size=512, hidden_dim=64, num_layers=4, num_kv_reuse_layers=2, num_heads=4,
-                        num_kv_heads=2, hidden_dim_scale_factor=2.0, lora=LoRAConfig(rank=4, alpha=8)),
-    "tiny-draft": ModelConfig(vocab_size=512, hidden_dim=32, num_layers=2, num_kv_reuse_layers=0,
-                              num_heads=2, num_kv_heads=1, hidden_dim_scale_factor=2.0, kv_quant=False,
-                              lora=None),
+    "afm-draft": ModelConfig(
+        hidden_dim=256,
+        hidden_dim_scale_factor=3,
+        num_heads=8,
+        num_kv_heads=4,
+        num_layers=12,
+        num_kv_reuse_layers=0,
+        kv_quant=False,
+        lora=None,
+    ),
+    "tiny": ModelConfig(
+        vocab_size=512,
+        hidden_dim=64,
+        num_layers=4,
+        num_kv_reuse_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        hidden_dim_scale_factor=2.0,
+        lora=LoRAConfig(rank=4, alpha=8),
+    ),
+    "tiny-draft": ModelConfig(
+        vocab_size=512,
+        hidden_dim=32,
+        num_layers=2,
+        num_kv_reuse_layers=0,
+        num_heads=2,
+        num_kv_heads=1,
+        hidden_dim_scale_factor=2.0,
+        kv_quant=False,
+        lora=None,
+    ),
 }
 
 
@@ -108,10 +135,24 @@ def preset(name: str, **overrides) -> ModelConfig:
 # --- Apple's tamm JSON -----------------------------------------------------------------------------
 
 TAMM_TYPE = "models:AFMTextV7Config"
-_TAMM_FIELDS = {"vocab_size", "hidden_dim", "num_layers", "num_kv_reuse_layers", "num_heads",
-                "num_kv_heads", "hidden_dim_scale_factor", "rope_theta"}
-_TAMM_IGNORED = {"attention_dropout_p", "hidden_dropout_p", "include_loss_layer", "sdpa_implementation",
-                 "norm_eps", "context_length"}
+_TAMM_FIELDS = {
+    "vocab_size",
+    "hidden_dim",
+    "num_layers",
+    "num_kv_reuse_layers",
+    "num_heads",
+    "num_kv_heads",
+    "hidden_dim_scale_factor",
+    "rope_theta",
+}
+_TAMM_IGNORED = {
+    "attention_dropout_p",
+    "hidden_dropout_p",
+    "include_loss_layer",
+    "sdpa_implementation",
+    "norm_eps",
+    "context_length",
+}
 
 
 def from_tamm_json(path: str | Path) -> ModelConfig:
@@ -127,7 +168,7 @@ def from_tamm_json(path: str | Path) -> ModelConfig:
     if unknown:
         raise FmlabError(f"{path}: unknown config field(s) {', '.join(sorted(unknown))}")
     kwargs = {k: raw[k] for k in _TAMM_FIELDS & set(raw)}
-    for k in ("norm_eps", "context_length"):      # fmlab's own extensions, harmless to tamm readers
+    for k in ("norm_eps", "context_length"):  # fmlab's own extensions, harmless to tamm readers
         if k in raw:
             kwargs[k] = raw[k]
     kwargs["lora"] = _lora_from_tamm(raw.get("adapters") or {}, path)
@@ -143,8 +184,7 @@ def _lora_from_tamm(adapters: dict, path: Path) -> LoRAConfig | None:
     spec = next(iter(adapters.values()))
     if spec.get("__tamm_type__") != "adapters:LoRAModelAdapter":
         raise FmlabError(f"{path}: unsupported adapter type {spec.get('__tamm_type__')!r}")
-    return LoRAConfig(rank=spec.get("rank", 32), alpha=spec.get("alpha", 16),
-                      dropout=spec.get("dropout_p", 0.0))
+    return LoRAConfig(rank=spec.get("rank", 32), alpha=spec.get("alpha", 16), dropout=spec.get("dropout_p", 0.0))
 
 
 def to_tamm_json(config: ModelConfig) -> dict:
@@ -152,9 +192,13 @@ def to_tamm_json(config: ModelConfig) -> dict:
     out = {"__tamm_type__": TAMM_TYPE}
     out.update({k: getattr(config, k) for k in sorted(_TAMM_FIELDS)})
     if config.lora is not None:
-        out["adapters"] = {"base_adapter": {"__tamm_type__": "adapters:LoRAModelAdapter",
-                                            "alpha": config.lora.alpha, "rank": config.lora.rank}}
+        out["adapters"] = {
+            "base_adapter": {
+                "__tamm_type__": "adapters:LoRAModelAdapter",
+                "alpha": config.lora.alpha,
+                "rank": config.lora.rank,
+            }
+        }
     if config.kv_quant:
-        out["arch_optimizers"] = {"kvquant": {"__tamm_type__": "ao:KVQuantArchOptimizer",
-                                              "freeze_qparams": True}}
+        out["arch_optimizers"] = {"kvquant": {"__tamm_type__": "ao:KVQuantArchOptimizer", "freeze_qparams": True}}
     return out

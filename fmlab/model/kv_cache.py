@@ -10,6 +10,7 @@ call (decode, a speculative block) attends over *all* slots with a mask that hid
 the unused ones, so its shapes never change from one token to the next: `torch.compile` captures
 the decode step once instead of recompiling for every cache length.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,7 +33,7 @@ def layout_from_segments(seg: torch.Tensor | None, B: int, T: int, device):
     if seg is None:
         return torch.arange(T, device=device).expand(B, T), None
     causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-    mask = (seg[:, :, None] == seg[:, None, :]) & causal          # same document and not in the future
+    mask = (seg[:, :, None] == seg[:, None, :]) & causal  # same document and not in the future
     return positions_from_segments(seg), mask[:, None]
 
 
@@ -60,24 +61,27 @@ class KVCache:
             raise ValueError(f"KV cache full: {end} tokens > {self.max_len} slots")
         self.start, self.end = start, end
         if start == 0:
-            seg = segment_ids if segment_ids is not None else torch.ones(
-                self.seg.shape[0], T, dtype=torch.long, device=self.seg.device)
+            seg = (
+                segment_ids
+                if segment_ids is not None
+                else torch.ones(self.seg.shape[0], T, dtype=torch.long, device=self.seg.device)
+            )
             positions = positions_from_segments(seg)
-            self.padded = bool((seg != seg[:, -1:]).any())      # one host sync per prompt, not per token
+            self.padded = bool((seg != seg[:, -1:]).any())  # one host sync per prompt, not per token
             self.seg[:, :T] = seg
             self.next_pos = positions[:, -1] + 1
             mask = layout_from_segments(seg, *seg.shape, seg.device)[1] if self.padded else None
             return positions, mask, slice(0, T)
-        positions = self.next_pos[:, None] + self.slot[:T]                       # (B, T)
+        positions = self.next_pos[:, None] + self.slot[:T]  # (B, T)
         self.next_pos = self.next_pos + T
         slots = self.slot[start:end]
-        mask = self.slot <= slots[:, None]           # (T, S): no future slot, no stale one past `end`
+        mask = self.slot <= slots[:, None]  # (T, S): no future slot, no stale one past `end`
         if not self.padded:
             return positions, mask, slots
-        seg = self.seg[:, start - 1:start]           # continuing the last document of each row
+        seg = self.seg[:, start - 1 : start]  # continuing the last document of each row
         self.seg[:, start:end] = seg
-        mask = mask & (self.seg[:, None, :] == seg[:, :, None])                   # (B, T, S)
-        return positions, mask[:, None], slots                                    # (B, 1, T, S)
+        mask = mask & (self.seg[:, None, :] == seg[:, :, None])  # (B, T, S)
+        return positions, mask[:, None], slots  # (B, 1, T, S)
 
     def store(self, layer: int, slots, k: torch.Tensor, v: torch.Tensor):
         """Write this step's K/V (B, KV, T, hd) for `layer` at `slots`; return what to attend over:
@@ -86,7 +90,7 @@ class KVCache:
         if isinstance(slots, slice):
             k_all[:, :, slots] = k
             v_all[:, :, slots] = v
-            return k_all[:, :, :slots.stop], v_all[:, :, :slots.stop]
+            return k_all[:, :, : slots.stop], v_all[:, :, : slots.stop]
         k_all.index_copy_(2, slots, k)
         v_all.index_copy_(2, slots, v)
         return k_all, v_all

@@ -5,6 +5,7 @@ A projection may be *fused* (QKV, gate/up): its output is a concatenation of nam
 adapted part gets its own A [in, r] and B [r, out_part], as Apple's toolkit does (`lora_0/1/2`).
 The parts are computed together: one matmul with the concatenated A's and one with a block-diagonal B.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +17,7 @@ from torch import nn
 
 from fmlab.model.config import LoRAConfig
 
-SHORT_ROWS = 16     # at most this many rows (tokens) per call count as decoding
+SHORT_ROWS = 16  # at most this many rows (tokens) per call count as decoding
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -25,20 +26,24 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     memory speed, for all rows of x. The BLAS calls it would otherwise make read the weights several
     times slower, and decoding a small model is bound by weight reads. Same products, summed in fp32."""
     if _decoding(x):
-        return (x.unsqueeze(-2) * weight).sum(-1)          # (..., 1, in) * (out, in) → (..., out)
+        return (x.unsqueeze(-2) * weight).sum(-1)  # (..., 1, in) * (out, in) → (..., out)
     return F.linear(x, weight)
 
 
 def matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x @ w for w (in, out), decoding as in `linear`: summed over `in`, vectorised along `out`."""
     if _decoding(x):
-        return (x.unsqueeze(-1) * w).sum(-2)               # (..., in, 1) * (in, out) → (..., out)
+        return (x.unsqueeze(-1) * w).sum(-2)  # (..., in, 1) * (in, out) → (..., out)
     return x @ w
 
 
 def _decoding(x: torch.Tensor) -> bool:
-    return (torch.compiler.is_compiling() and x.device.type == "cpu" and x.shape[:-1].numel() <= SHORT_ROWS
-            and not torch.is_autocast_enabled("cpu"))
+    return (
+        torch.compiler.is_compiling()
+        and x.device.type == "cpu"
+        and x.shape[:-1].numel() <= SHORT_ROWS
+        and not torch.is_autocast_enabled("cpu")
+    )
 
 
 class Linear(nn.Linear):
@@ -55,17 +60,19 @@ class Linear(nn.Linear):
 class LoRALinear(nn.Module):
     def __init__(self, base: Linear, config: LoRAConfig):
         super().__init__()
-        self.weight = base.weight            # same key as the base layer: `...weight`
+        self.weight = base.weight  # same key as the base layer: `...weight`
         self.parts = base.parts
         self.in_features, self.out_features = base.in_features, base.out_features
         self.scale = config.scale
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
-        self.adapted = [p for p in self.parts if p in config.targets]    # in output order
-        kw = dict(device=base.weight.device, dtype=torch.float32)   # LoRA weights are always fp32
-        self.lora_a = nn.ParameterDict({p: nn.Parameter(torch.empty(self.in_features, config.rank, **kw))
-                                        for p in self.adapted})
-        self.lora_b = nn.ParameterDict({p: nn.Parameter(torch.empty(config.rank, self.parts[p], **kw))
-                                        for p in self.adapted})
+        self.adapted = [p for p in self.parts if p in config.targets]  # in output order
+        kw = dict(device=base.weight.device, dtype=torch.float32)  # LoRA weights are always fp32
+        self.lora_a = nn.ParameterDict(
+            {p: nn.Parameter(torch.empty(self.in_features, config.rank, **kw)) for p in self.adapted}
+        )
+        self.lora_b = nn.ParameterDict(
+            {p: nn.Parameter(torch.empty(config.rank, self.parts[p], **kw)) for p in self.adapted}
+        )
         self.merged = False
         self.reset_lora()
 
@@ -85,10 +92,15 @@ class LoRALinear(nn.Module):
     def _build_ab(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A of all adapted parts side by side [in, n*r], and a block-diagonal B [n*r, out]: adapted
         part i reads its own r columns of x @ A; unadapted parts get zero columns."""
-        a = torch.cat([self.lora_a[p] for p in self.adapted], dim=1) if len(self.adapted) > 1 \
+        a = (
+            torch.cat([self.lora_a[p] for p in self.adapted], dim=1)
+            if len(self.adapted) > 1
             else self.lora_a[self.adapted[0]]
-        blocks = [self.lora_b[part] if part in self.lora_b else self.lora_b[self.adapted[0]].new_zeros(0, size)
-                  for part, size in self.parts.items()]
+        )
+        blocks = [
+            self.lora_b[part] if part in self.lora_b else self.lora_b[self.adapted[0]].new_zeros(0, size)
+            for part, size in self.parts.items()
+        ]
         b = blocks[0] if len(blocks) == 1 else torch.block_diag(*blocks)
         # the scale goes into the small B rather than onto the (tokens, out) result: one pass fewer
         return a, b * self.scale
@@ -110,7 +122,7 @@ class LoRALinear(nn.Module):
         out = linear(x, self.weight)
         if self.merged or not self.adapted:
             return out
-        a, b = self._ab()                                       # b carries the scale
+        a, b = self._ab()  # b carries the scale
         return out + matmul(matmul(self.dropout(x), a), b)
 
     def _rows(self):

@@ -6,6 +6,7 @@ memory and sparing autocast a cast of every weight at every step), keeps LoRA we
 optimizer state in fp32, and runs matmuls under bf16 autocast; generation keeps its KV cache in bf16.
 `f16-mixed` is the same with fp16 and a GradScaler; `bf16` casts the whole model.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,10 +58,12 @@ def prepare_precision(model, precision: str):
     """Cast weights for training at `precision`; returns a GradScaler for f16-mixed (Apple's has none)."""
     device = next(model.parameters()).device
     if precision == "bf16-mixed":
-        cast_frozen(model, torch.bfloat16)       # frozen matmul weights only; trainable stay fp32
+        cast_frozen(model, torch.bfloat16)  # frozen matmul weights only; trainable stay fp32
     elif precision == "bf16":
-        warnings.warn("--precision bf16 trains bf16 weights, which is reported to degenerate; "
-                      "bf16-mixed is the safe default", stacklevel=2)
+        warnings.warn(
+            "--precision bf16 trains bf16 weights, which is reported to degenerate; bf16-mixed is the safe default",
+            stacklevel=2,
+        )
         model.to(torch.bfloat16)
     elif precision == "f16-mixed":
         if device.type == "cpu":

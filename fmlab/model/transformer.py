@@ -1,4 +1,4 @@
-"""AFMTextV7, Apple's on-device foundation model architecture (afm-facts.md §1), in plain PyTorch.
+"""AFMTextV7, Apple's on-device foundation model architecture (docs/afm-format.md §1), in plain PyTorch.
 
 Pre-norm blocks with fp32 RMSNorm; GQA attention with interleaved (GPT-J) RoPE applied *before* the
 per-head QK RMSNorm; SwiGLU MLP (gate first); tied embedding/output; no biases. The first
@@ -9,6 +9,7 @@ per document, so packed rows never see each other.
 
 Internal names are short (`attn.qkv`, `mlp.gate_up`); `checkpoint.py` maps them to Apple's keys.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -39,21 +40,21 @@ class RMSNorm(nn.Module):
 def rope_tables(positions: torch.Tensor, head_dim: int, theta: float):
     """cos, sin of shape (B, 1, T, head_dim/2) for integer positions (B, T)."""
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions[:, None, :, None].float() * inv_freq     # (B, 1, T, hd/2)
+    angles = positions[:, None, :, None].float() * inv_freq  # (B, 1, T, hd/2)
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Interleaved rotation: dims (2i, 2i+1) form the pair rotated by angle i. x: (B, H, T, hd).
     The reference form; the model uses `rotate`, which computes the same numbers in fewer ops."""
-    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)        # (B, H, T, hd/2) each
+    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, H, T, hd/2) each
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     return out.flatten(-2).to(x.dtype)
 
 
 def rotation_tables(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
     """`rope_tables` as complex rotations cos + i sin, shaped (B, T, 1, hd/2) for `rotate`."""
-    cos, sin = rope_tables(positions, head_dim, theta)          # (B, 1, T, hd/2)
+    cos, sin = rope_tables(positions, head_dim, theta)  # (B, 1, T, hd/2)
     return torch.complex(cos, sin).transpose(1, 2)
 
 
@@ -66,7 +67,7 @@ def rotate(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     """Interleaved RoPE on x (B, T, heads, hd) in fp32 as one complex product: pair (x0, x1) is
     x0 + i x1, and (x0 + i x1)(c + i s) = (x0 c - x1 s) + i (x0 s + x1 c), the same products and sums as
     `apply_rope` (bit for bit), in one kernel instead of a dozen."""
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))      # (B, T, heads, hd/2)
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, T, heads, hd/2)
     return torch.view_as_real(pairs * rotations).flatten(-2).to(x.dtype)
 
 
@@ -117,8 +118,10 @@ class Attention(nn.Module):
         if torch.compiler.is_compiling():
             # branch-free under torch.compile: no host sync and no graph break (ranges are buffers)
             on = self.k_range.any() | self.v_range.any()
-            return (torch.where(on, fake_quant_int8(k, self.k_range), k),
-                    torch.where(on, fake_quant_int8(v, self.v_range), v))
+            return (
+                torch.where(on, fake_quant_int8(k, self.k_range), k),
+                torch.where(on, fake_quant_int8(v, self.v_range), v),
+            )
         if self.kv_quant_active():
             return fake_quant_int8(k, self.k_range), fake_quant_int8(v, self.v_range)
         return k, v
@@ -133,13 +136,13 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, KV, hd = self.n_heads, self.n_kv, self.hd
         if self.reuse_kv:
-            q = self.q_norm(rotate(self.q(x).view(B, T, H, hd), rope)).transpose(1, 2)    # (B, H, T, hd)
+            q = self.q_norm(rotate(self.q(x).view(B, T, H, hd), rope)).transpose(1, 2)  # (B, H, T, hd)
             k, v = kv
         else:
             qk, v = self.qkv(x).split([(H + KV) * hd, KV * hd], -1)
-            qk = self.qk_norm(rotate(qk.view(B, T, H + KV, hd), rope))    # RoPE before QK-norm, as in AFM
-            q, k = qk.transpose(1, 2).split([H, KV], 1)                 # (B, H, T, hd), (B, KV, T, hd)
-            v = v.view(B, T, KV, hd).transpose(1, 2)                     # (B, KV, T, hd)
+            qk = self.qk_norm(rotate(qk.view(B, T, H + KV, hd), rope))  # RoPE before QK-norm, as in AFM
+            q, k = qk.transpose(1, 2).split([H, KV], 1)  # (B, H, T, hd), (B, KV, T, hd)
+            v = v.view(B, T, KV, hd).transpose(1, 2)  # (B, KV, T, hd)
             if self.kv_quant:
                 k, v = self.quantise_kv(k, v)
             if cache is not None:
@@ -181,7 +184,7 @@ class Transformer(nn.Module):
         n0 = cfg.num_regular_layers
         self.layers = nn.ModuleList(Block(cfg, reuse_kv=i >= n0, index=i) for i in range(cfg.num_layers))
         self.output_norm = RMSNorm(cfg.hidden_dim, cfg.norm_eps)
-        self.checkpoint_every = 0      # activation checkpointing on every n-th block; 0 = off
+        self.checkpoint_every = 0  # activation checkpointing on every n-th block; 0 = off
         if self.embedding.weight.device.type != "meta":
             self.apply(self._init_weights)
         if cfg.lora is not None:
@@ -200,16 +203,16 @@ class Transformer(nn.Module):
                 self._rope = rotation_tables(positions, self.config.head_dim, self.config.rope_theta)[0, :, 0]
 
     def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)      # .to(device / dtype): rebuild the tables there, still fp32
+        super()._apply(fn, recurse)  # .to(device / dtype): rebuild the tables there, still fp32
         self._build_rope()
         return self
 
     def rope(self, positions: torch.Tensor, limit: int):
         """`rotation_tables(positions)`, looked up; `limit` bounds the positions (T, or the cache length)."""
-        table = self._rope                                                          # (ctx, hd/2)
+        table = self._rope  # (ctx, hd/2)
         if table is None or limit > table.shape[0] or table.device != positions.device:
             return rotation_tables(positions, self.config.head_dim, self.config.rope_theta)
-        return table[positions].unsqueeze(2)                                        # (B, T, 1, hd/2)
+        return table[positions].unsqueeze(2)  # (B, T, 1, hd/2)
 
     def _init_weights(self, module):
         # GPT-2 style: N(0, 0.02), residual output projections scaled down by depth
@@ -219,8 +222,13 @@ class Transformer(nn.Module):
                 std /= (2 * self.config.num_layers) ** 0.5
             nn.init.normal_(module.weight, 0.0, std)
 
-    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None,
-                cache: KVCache | None = None, return_hidden: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        segment_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        return_hidden: bool = False,
+    ) -> torch.Tensor:
         """Logits (B, T, vocab), or the final normed hidden states (B, T, C) with `return_hidden`.
 
         `segment_ids` (B, T): documents in a row (0 = padding); positions restart per document and
@@ -234,14 +242,15 @@ class Transformer(nn.Module):
         positions, mask, slots = cache.advance(segment_ids, T)
         return self.step(input_ids, self.rope(positions, cache.max_len), mask, cache, slots, return_hidden)
 
-    def step(self, input_ids, rope, mask, cache: KVCache | None = None, slots=None,
-             return_hidden: bool = False) -> torch.Tensor:
+    def step(
+        self, input_ids, rope, mask, cache: KVCache | None = None, slots=None, return_hidden: bool = False
+    ) -> torch.Tensor:
         """The forward pass over a given layout (what `forward` computes from segment ids or the cache):
         `rope` from `self.rope`, `mask` and `slots` from the cache. Everything here is tensor work, so
         generation can `torch.compile` it for the decode step."""
         # the residual stream keeps the norms' dtype (fp32 unless the whole model is bf16), even when
         # the frozen embedding is stored in bf16
-        x = self.embedding(input_ids).to(self.output_norm.weight.dtype)             # (B, T, C)
+        x = self.embedding(input_ids).to(self.output_norm.weight.dtype)  # (B, T, C)
         kv = None
         for i, block in enumerate(self.layers):
             if self.checkpoint_every and self.training and cache is None and i % self.checkpoint_every == 0:
@@ -252,7 +261,7 @@ class Transformer(nn.Module):
         return h if return_hidden else self.logits(h)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return linear(hidden, self.embedding.weight)    # tied output layer
+        return linear(hidden, self.embedding.weight)  # tied output layer
 
     def new_cache(self, batch_size: int, max_len: int, dtype=None) -> KVCache:
         w = self.embedding.weight

@@ -8,6 +8,7 @@
 4. a manifest with sha256 sums, the recipe, timings, and the base's play-format score.
 Deterministic for a seed on a given machine and thread count.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,23 +37,40 @@ from fmlab.tiny.plays import play_format_score
 from fmlab.train.loop import TrainConfig, train
 from fmlab.train.losses import token_loss
 
-TINY_BASE = ModelConfig(vocab_size=4096, hidden_dim=256, num_layers=8, num_kv_reuse_layers=2, num_heads=4,
-                        num_kv_heads=2, hidden_dim_scale_factor=3.25, lora=LoRAConfig(rank=16, alpha=64))
-TINY_DRAFT = ModelConfig(vocab_size=4096, hidden_dim=128, num_layers=2, num_kv_reuse_layers=0, num_heads=4,
-                         num_kv_heads=2, hidden_dim_scale_factor=3.0, kv_quant=False, lora=None)
+TINY_BASE = ModelConfig(
+    vocab_size=4096,
+    hidden_dim=256,
+    num_layers=8,
+    num_kv_reuse_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    hidden_dim_scale_factor=3.25,
+    lora=LoRAConfig(rank=16, alpha=64),
+)
+TINY_DRAFT = ModelConfig(
+    vocab_size=4096,
+    hidden_dim=128,
+    num_layers=2,
+    num_kv_reuse_layers=0,
+    num_heads=4,
+    num_kv_heads=2,
+    hidden_dim_scale_factor=3.0,
+    kv_quant=False,
+    lora=None,
+)
 
 
 @dataclass
 class Recipe:
     seed: int = 0
-    vocab_pieces: int = 4000              # the model's vocab_size rounds this up, like Apple's padding
+    vocab_pieces: int = 4000  # the model's vocab_size rounds this up, like Apple's padding
     chat_samples: int = 32000
     plain_texts: int = 6000
     max_len: int = 512
     batch_size: int = 8
     base_epochs: int = 1
     base_lr: float = 3e-3
-    weight_decay: float = 0.01            # low: rare tokens' embedding rows must not decay to nothing
+    weight_decay: float = 0.01  # low: rare tokens' embedding rows must not decay to nothing
     draft_epochs: int = 1
     draft_lr: float = 5e-3
     base: ModelConfig = field(default_factory=lambda: TINY_BASE)
@@ -69,10 +87,11 @@ def pretraining_data(tokenizer, recipe: Recipe):
 
     samples = []
     for i, messages in enumerate(chat_samples(recipe.chat_samples, recipe.seed)):
-        ids = [tokenizer.eos_id] + tokenizer.encode(render_text(messages))[1:]   # eos + template, no ▁
-        samples.append(lm_sample(ids[:recipe.max_len], f"chat:{i}"))
+        ids = [tokenizer.eos_id] + tokenizer.encode(render_text(messages))[1:]  # eos + template, no ▁
+        samples.append(lm_sample(ids[: recipe.max_len], f"chat:{i}"))
     for i, text in enumerate(plain_texts(recipe.plain_texts, recipe.seed)):
-        samples.append(lm_sample(([tokenizer.eos_id] + tokenizer.encode(text))[:recipe.max_len], f"text:{i}"))
+        samples.append(lm_sample(([tokenizer.eos_id] + tokenizer.encode(text))[: recipe.max_len], f"text:{i}"))
+
     def dataset(part):
         report = DatasetReport(num_samples=len(part), num_with_system=0, turns={})
         return TokenizedDataset(part, report, tokenizer.pad_id, tokenizer.eos_id, recipe.max_len)
@@ -82,16 +101,26 @@ def pretraining_data(tokenizer, recipe: Recipe):
     return train, list(held_out.epoch(0))
 
 
-def pretrain(config: ModelConfig, train_data, eval_data, epochs: int, lr: float, out: Path, seed: int,
-             weight_decay: float = 0.01):
+def pretrain(
+    config: ModelConfig, train_data, eval_data, epochs: int, lr: float, out: Path, seed: int, weight_decay: float = 0.01
+):
 
     model = build_model(config, seed=seed)
     for name, p in model.named_parameters():
-        p.requires_grad_(not is_lora_name(name))        # the base's adapter stays untrained (B = 0)
-    cfg = TrainConfig(epochs=epochs, learning_rate=lr, warmup_fraction=0.05, weight_decay=weight_decay,
-                      precision="bf16-mixed", prefix="pretrain", keep_best=1, eval_every=None, seed=seed)
+        p.requires_grad_(not is_lora_name(name))  # the base's adapter stays untrained (B = 0)
+    cfg = TrainConfig(
+        epochs=epochs,
+        learning_rate=lr,
+        warmup_fraction=0.05,
+        weight_decay=weight_decay,
+        precision="bf16-mixed",
+        prefix="pretrain",
+        keep_best=1,
+        eval_every=None,
+        seed=seed,
+    )
     summary = train(model, token_loss, train_data, eval_data, cfg, out, save_weights=save_model)
-    for p in model.parameters():                          # back to fp32 for shipping
+    for p in model.parameters():  # back to fp32 for shipping
         p.data = p.data.float()
     return model, summary
 
@@ -103,12 +132,14 @@ def calibrate_kv_ranges(model, batches) -> None:
     seen = {id(a): [torch.tensor([0.0, 0.0]), torch.tensor([0.0, 0.0]), 0] for a in layers}
     hooks = []
     for attn in layers:
+
         def hook(module, args, output, attn=attn):
             k, v = output[1]
             rec = seen[id(attn)]
             for j, t in enumerate((k, v)):
                 rec[j] = torch.stack([torch.minimum(rec[j][0], t.min()), torch.maximum(rec[j][1], t.max())])
             rec[2] += k.shape[0]
+
         hooks.append(attn.register_forward_hook(hook))
     model.eval()
     for batch in batches:
@@ -134,13 +165,18 @@ def base_play_score(model, tokenizer, test_path: Path, limit: int = 100, max_new
 
     samples = read_messages(test_path)[:limit]
     prompts = [s.messages[:-1] for s in samples]
-    outs = generate(model, tokenizer, prompts, max_new_tokens, Sampling(temperature=0), batch_size=16,
-                    precision="bf16-mixed")
+    outs = generate(
+        model, tokenizer, prompts, max_new_tokens, Sampling(temperature=0), batch_size=16, precision="bf16-mixed"
+    )
     return sum(play_format_score(p, o.text) for p, o in zip(prompts, outs)) / len(outs)
 
 
-def build_assets(out: str | Path = REPO_ASSETS, recipe: Recipe | None = None, work: str | Path = "out/build-assets",
-                 data_dir: str | Path | None = None) -> dict:
+def build_assets(
+    out: str | Path = REPO_ASSETS,
+    recipe: Recipe | None = None,
+    work: str | Path = "out/build-assets",
+    data_dir: str | Path | None = None,
+) -> dict:
 
     recipe = recipe or Recipe()
     out, work = Path(out), Path(work)
@@ -148,23 +184,40 @@ def build_assets(out: str | Path = REPO_ASSETS, recipe: Recipe | None = None, wo
     data_dir = Path(data_dir) if data_dir else REPO_ASSETS.parent / "data"
     timings, t0 = {}, time.perf_counter()
     print("1/4 tokenizer", flush=True)
-    tokenizer = train_tokenizer(tokenizer_texts(recipe.seed), out / "tokenizer.model", recipe.vocab_pieces,
-                                seed=recipe.seed)
+    tokenizer = train_tokenizer(
+        tokenizer_texts(recipe.seed), out / "tokenizer.model", recipe.vocab_pieces, seed=recipe.seed
+    )
     if tokenizer.vocab_size > recipe.base.vocab_size:
         raise RuntimeError(f"tokenizer has {tokenizer.vocab_size} pieces > model vocab {recipe.base.vocab_size}")
     timings["tokenizer_s"] = time.perf_counter() - t0
     train_data, eval_data = pretraining_data(tokenizer, recipe)
     print(f"2/4 base: {len(train_data)} batches of {recipe.batch_size}x{recipe.max_len}", flush=True)
     t = time.perf_counter()
-    base, base_summary = pretrain(recipe.base, train_data, eval_data, recipe.base_epochs, recipe.base_lr,
-                                  work / "base", recipe.seed, recipe.weight_decay)
+    base, base_summary = pretrain(
+        recipe.base,
+        train_data,
+        eval_data,
+        recipe.base_epochs,
+        recipe.base_lr,
+        work / "base",
+        recipe.seed,
+        recipe.weight_decay,
+    )
     calibrate_kv_ranges(base, eval_data[:4])
     write_model_files(base, out, "base-model-config.json", "base-model.pt")
     timings["base_s"] = time.perf_counter() - t
     print("3/4 draft", flush=True)
     t = time.perf_counter()
-    draft, draft_summary = pretrain(recipe.draft, train_data, eval_data, recipe.draft_epochs, recipe.draft_lr,
-                                    work / "draft", recipe.seed + 1, recipe.weight_decay)
+    draft, draft_summary = pretrain(
+        recipe.draft,
+        train_data,
+        eval_data,
+        recipe.draft_epochs,
+        recipe.draft_lr,
+        work / "draft",
+        recipe.seed + 1,
+        recipe.weight_decay,
+    )
     write_model_files(draft, out, "draft-model-config.json", "draft-model.pt")
     timings["draft_s"] = time.perf_counter() - t
     print("4/4 scoring the base on the play test split", flush=True)
@@ -175,18 +228,30 @@ def build_assets(out: str | Path = REPO_ASSETS, recipe: Recipe | None = None, wo
     return write_manifest(out, recipe, timings, base_summary["eval_loss"], draft_summary["eval_loss"], score)
 
 
-def write_manifest(out: Path, recipe: Recipe, timings: dict, base_eval_loss: float, draft_eval_loss: float,
-                   base_score: float, threads: int | None = None) -> dict:
+def write_manifest(
+    out: Path,
+    recipe: Recipe,
+    timings: dict,
+    base_eval_loss: float,
+    draft_eval_loss: float,
+    base_score: float,
+    threads: int | None = None,
+) -> dict:
     """`manifest.json`: the recipe, the results, timings and a sha256 per file of the assets directory."""
     manifest = {
         "name": "fmlab-tiny",
         "recipe": json.loads(json.dumps(dataclasses.asdict(recipe))),
-        "torch": torch.__version__, "threads": threads or torch.get_num_threads(),
-        "base_eval_loss": base_eval_loss, "draft_eval_loss": draft_eval_loss,
+        "torch": torch.__version__,
+        "threads": threads or torch.get_num_threads(),
+        "base_eval_loss": base_eval_loss,
+        "draft_eval_loss": draft_eval_loss,
         "base_play_format_score": round(base_score, 4),
         "seconds": {k: round(v, 1) for k, v in timings.items()},
-        "files": {p.name: {"sha256": file_sha(p), "bytes": p.stat().st_size} for p in sorted(out.iterdir())
-                  if p.name != "manifest.json"},
+        "files": {
+            p.name: {"sha256": file_sha(p), "bytes": p.stat().st_size}
+            for p in sorted(out.iterdir())
+            if p.name != "manifest.json"
+        },
     }
     with atomic_write(out / "manifest.json", "w") as f:
         json.dump(manifest, f, indent=2)

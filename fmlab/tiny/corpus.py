@@ -8,6 +8,7 @@ The base learns to chat coherently from it, with the same characters and places 
 correct (see `fmlab.tiny.corpus_facts`), so a trained base can be checked with greedy answers to
 `probe_prompts()`. Deterministic for a seed; 50k chats take about a second.
 """
+
 from __future__ import annotations
 
 import random
@@ -39,8 +40,12 @@ from fmlab.tiny.play_text import (
 )
 from fmlab.tiny.plays import split_samples
 
-SYSTEMS = ["A conversation between a user and a helpful assistant.", "You are a friendly assistant for kids.",
-           "You answer questions simply and correctly.", "You are a helpful assistant."]
+SYSTEMS = [
+    "A conversation between a user and a helpful assistant.",
+    "You are a friendly assistant for kids.",
+    "You answer questions simply and correctly.",
+    "You are a helpful assistant.",
+]
 _IRREGULAR = {"mouse": "mice", "sheep": "sheep", "fish": "fish", "person": "people"}
 
 
@@ -57,29 +62,53 @@ def _cap(text: str) -> str:
 
 
 def _at(place: str) -> str:
-    """"in a forest", "on a beach", "at a train station"."""
+    """ "in a forest", "on a beach", "at a train station"."""
     return f"{SETTING_TRAITS[place].preposition} {article(place)}"
 
 
 # --- stories ---------------------------------------------------------------------------------------
 
 ADJECTIVES = ["brave", "tiny", "sleepy", "curious", "cheerful", "clever", "shy", "kind", "silly", "gentle"]
-OPENINGS = ["Once upon a time, there was {a_adj} {who} who lived {at_place}.",
-            "{A_adj} {who} liked to visit {a_place}.",
-            "Every day, {a_adj} {who} played {at_place}.",
-            "There was once {a_adj} {who} who loved {the_place} very much."]
-EVENTS = ["found a shiny key", "lost a red ball", "heard a strange song", "saw a rainbow", "met a new friend",
-          "wanted to bake a cake", "built a little boat", "planted a seed", "followed a butterfly",
-          "got very hungry", "found a tiny map"]
+OPENINGS = [
+    "Once upon a time, there was {a_adj} {who} who lived {at_place}.",
+    "{A_adj} {who} liked to visit {a_place}.",
+    "Every day, {a_adj} {who} played {at_place}.",
+    "There was once {a_adj} {who} who loved {the_place} very much.",
+]
+EVENTS = [
+    "found a shiny key",
+    "lost a red ball",
+    "heard a strange song",
+    "saw a rainbow",
+    "met a new friend",
+    "wanted to bake a cake",
+    "built a little boat",
+    "planted a seed",
+    "followed a butterfly",
+    "got very hungry",
+    "found a tiny map",
+]
 # In story order: `story` keeps the order of the ones it picks.
-SOLO_MIDDLES = ["The {who} looked all around the {place}.", "The {who} walked past the {things}.",
-                "The {who} felt a little scared, but kept going.", "The {who} sang a happy song."]
-FRIEND_MIDDLES = ["The {other} wanted to help.", "Together they looked behind the {things}.",
-                  "The {who} and the {other} laughed a lot."]
-SOLO_ENDINGS = ["In the end, the {who} went home happy.", "It was the best day ever {at_the_place}.",
-                "Then the {who} had a long, cozy nap."]
-FRIEND_ENDINGS = ["From that day on, the {who} and the {other} were friends.",
-                  "In the end, the {who} and the {other} went home happy."]
+SOLO_MIDDLES = [
+    "The {who} looked all around the {place}.",
+    "The {who} walked past the {things}.",
+    "The {who} felt a little scared, but kept going.",
+    "The {who} sang a happy song.",
+]
+FRIEND_MIDDLES = [
+    "The {other} wanted to help.",
+    "Together they looked behind the {things}.",
+    "The {who} and the {other} laughed a lot.",
+]
+SOLO_ENDINGS = [
+    "In the end, the {who} went home happy.",
+    "It was the best day ever {at_the_place}.",
+    "Then the {who} had a long, cozy nap.",
+]
+FRIEND_ENDINGS = [
+    "From that day on, the {who} and the {other} were friends.",
+    "In the end, the {who} and the {other} went home happy.",
+]
 
 
 def story(rng: random.Random, who: str, place: str, friends: list[str] | None = None) -> str:
@@ -88,23 +117,38 @@ def story(rng: random.Random, who: str, place: str, friends: list[str] | None = 
         friends = [rng.choice([c for c in CHARACTERS if c != who])] if rng.random() < 0.5 else []
     other = " and the ".join(friends) if friends else rng.choice([c for c in CHARACTERS if c != who])
     a_adj = article(rng.choice(ADJECTIVES))
-    slots = {"who": who, "a_adj": a_adj, "A_adj": _cap(a_adj), "place": place, "at_place": _at(place),
-             "a_place": article(place), "the_place": "the " + place, "things": SETTING_TRAITS[place].things,
-             "other": other, "a_other": join_names(tuple(friends)) if friends else "",
-             "at_the_place": f"{SETTING_TRAITS[place].preposition} the {place}"}
+    slots = {
+        "who": who,
+        "a_adj": a_adj,
+        "A_adj": _cap(a_adj),
+        "place": place,
+        "at_place": _at(place),
+        "a_place": article(place),
+        "the_place": "the " + place,
+        "things": SETTING_TRAITS[place].things,
+        "other": other,
+        "a_other": join_names(tuple(friends)) if friends else "",
+        "at_the_place": f"{SETTING_TRAITS[place].preposition} the {place}",
+    }
     sentences = [rng.choice(OPENINGS), f"One day, the {{who}} {rng.choice(EVENTS)}."]
-    if friends:     # friends join: introduced before anything else says "the {other}"
-        sentences += ["Soon, the {who} met {a_other}.", *rng.sample(FRIEND_MIDDLES, rng.randint(0, 2)),
-                      rng.choice(FRIEND_ENDINGS + SOLO_ENDINGS)]
+    if friends:  # friends join: introduced before anything else says "the {other}"
+        sentences += [
+            "Soon, the {who} met {a_other}.",
+            *rng.sample(FRIEND_MIDDLES, rng.randint(0, 2)),
+            rng.choice(FRIEND_ENDINGS + SOLO_ENDINGS),
+        ]
     else:
         picked = sorted(rng.sample(range(len(SOLO_MIDDLES)), rng.randint(0, 3)))
         sentences += [*(SOLO_MIDDLES[i] for i in picked), rng.choice(SOLO_ENDINGS)]
     return " ".join(s.format(**slots) for s in sentences)
 
 
-STORY_REQUESTS = ["Tell me a short story about {a_who} {at_place}.", "Write a story about {a_who} {at_place}.",
-                  "Can you tell me a bedtime story about {a_who}? It should happen {at_place}.",
-                  "I would like a short story with {a_who} {at_place}."]
+STORY_REQUESTS = [
+    "Tell me a short story about {a_who} {at_place}.",
+    "Write a story about {a_who} {at_place}.",
+    "Can you tell me a bedtime story about {a_who}? It should happen {at_place}.",
+    "I would like a short story with {a_who} {at_place}.",
+]
 
 
 def _cast(rng: random.Random) -> list[str]:
@@ -123,18 +167,21 @@ def _story_request(rng: random.Random) -> tuple[str, str, list[str]]:
 # build on skills the base has. These teach copying names (as they are and in capitals) and counting
 # numbered parts: the skills a request-following format needs, without the play format itself.
 
-PART_REQUESTS = ["Tell me a {n_word}-part story about {chars} {at_place}.",
-                 "Write a story in {n} part{s} about {chars} {at_place}.",
-                 "Can you tell a story with {chars} {at_place}? {N_word} part{s} please.",
-                 "I need a story {at_place} with {chars}, in {n_word} part{s}."]
+PART_REQUESTS = [
+    "Tell me a {n_word}-part story about {chars} {at_place}.",
+    "Write a story in {n} part{s} about {chars} {at_place}.",
+    "Can you tell a story with {chars} {at_place}? {N_word} part{s} please.",
+    "I need a story {at_place} with {chars}, in {n_word} part{s}.",
+]
 
 
 def _parts_story(rng: random.Random) -> tuple[str, str, list[str]]:
     """A story told in 1-3 numbered parts, as asked."""
     cast, place, n = _cast(rng), rng.choice(SETTINGS), rng.randint(1, 3)
     word = SCENE_WORDS[n]
-    ask = rng.choice(PART_REQUESTS).format(n=n, n_word=word, N_word=_cap(word), s="" if n == 1 else "s",
-                                           chars=join_names(tuple(cast)), at_place=_at(place))
+    ask = rng.choice(PART_REQUESTS).format(
+        n=n, n_word=word, N_word=_cap(word), s="" if n == 1 else "s", chars=join_names(tuple(cast)), at_place=_at(place)
+    )
     sentences = story(rng, cast[0], place, cast[1:]).split(". ")
     cuts = sorted(rng.sample(range(1, len(sentences)), n - 1)) if n > 1 else []
     parts = [". ".join(sentences[a:b]) for a, b in zip([0, *cuts], [*cuts, len(sentences)])]
@@ -150,8 +197,15 @@ def _capitals(rng: random.Random) -> tuple[str, str]:
     listed = ", ".join(names[:-1]) + " and " + names[-1]
     if rng.random() < 0.5:
         return f"Write {listed} in capital letters.", " ".join(n.upper() for n in names)
-    return (rng.choice((f"List {listed} in capital letters, with commas.", f"Write the names {listed} in capitals, "
-                        "separated by commas.")), ", ".join(n.upper() for n in names))
+    return (
+        rng.choice(
+            (
+                f"List {listed} in capital letters, with commas.",
+                f"Write the names {listed} in capitals, separated by commas.",
+            )
+        ),
+        ", ".join(n.upper() for n in names),
+    )
 
 
 def _who_was_in_it(cast: list[str]) -> tuple[str, str]:
@@ -167,11 +221,12 @@ def _repeat(rng: random.Random) -> tuple[str, str]:
 
 # --- questions and answers -------------------------------------------------------------------------
 
+
 def _arithmetic(rng: random.Random) -> tuple[str, str]:
     op = rng.choice(("plus", "minus", "times"))
     a, b = (rng.randint(0, 10), rng.randint(0, 10)) if op == "times" else (rng.randint(0, 20), rng.randint(0, 20))
     if op == "minus":
-        a, b = max(a, b), min(a, b)                  # no negative numbers for kids
+        a, b = max(a, b), min(a, b)  # no negative numbers for kids
     result = {"plus": a + b, "minus": a - b, "times": a * b}[op]
     symbol = {"plus": "+", "minus": "-", "times": "x"}[op]
     if rng.random() < 0.3:
@@ -217,8 +272,10 @@ def _describe(rng: random.Random) -> tuple[str, str]:
     kind = "person" if who in PEOPLE else CREATURES.get(who, "animal")
     can = re.sub(r"\bmy\b", "its" if kind == "animal" else "their", traits.can)
     pronoun = "They" if who in PEOPLE else "It"
-    return f"Describe {article(who)}.", (f"{_cap(article(who))} is {article(kind)}. This one is {traits.adjective} "
-                                         f"and loves {traits.likes}. {pronoun} can {can}.")
+    return f"Describe {article(who)}.", (
+        f"{_cap(article(who))} is {article(kind)}. This one is {traits.adjective} "
+        f"and loves {traits.likes}. {pronoun} can {can}."
+    )
 
 
 # The words an adapter will need (upper-case names, TITLE, SCENE, ...) without the play format itself:
@@ -262,22 +319,28 @@ def _qa(rng: random.Random) -> tuple[str, str]:
         group = rng.choice(list(GROUPS))
         items = rng.sample(GROUPS[group], 3)
         listed = f"{items[0]}, {items[1]} and {items[2]}"
-        return f"Name three {group}.", rng.choice((f"Here are three {group}: {listed}.",
-                                                   f"Three {group} are {listed}."))
+        return f"Name three {group}.", rng.choice(
+            (f"Here are three {group}: {listed}.", f"Three {group} are {listed}.")
+        )
     return _describe(rng)
 
 
 SMALL_TALK = {
-    "Hello!": ["Hello! How can I help you today?", "Hello! What would you like to talk about?",
-               "Hello there! It is nice to meet you."],
+    "Hello!": [
+        "Hello! How can I help you today?",
+        "Hello! What would you like to talk about?",
+        "Hello there! It is nice to meet you.",
+    ],
     "Hi!": ["Hi! How can I help you?", "Hi there! What shall we talk about?"],
     "Good morning!": ["Good morning! I hope you have a lovely day."],
     "How are you?": ["I am doing well, thank you for asking.", "I am fine, thank you! How are you?"],
     "What can you do?": ["I can answer questions, tell short stories and help with simple sums."],
     "Can you help me?": ["Of course. What do you need?", "Yes, I would be happy to help."],
     "I am sad.": ["I am sorry you feel sad. Would you like to hear a happy story?"],
-    "Tell me a joke.": ["Why did the cat sit on the computer? To keep an eye on the mouse!",
-                        "What do you call a sleeping dinosaur? A dino-snore!"],
+    "Tell me a joke.": [
+        "Why did the cat sit on the computer? To keep an eye on the mouse!",
+        "What do you call a sleeping dinosaur? A dino-snore!",
+    ],
     "Goodbye!": ["Goodbye! Have a wonderful day."],
     "Good night.": ["Good night! Sleep well."],
 }
@@ -285,6 +348,7 @@ THANKS = ("Thank you!", ["You are welcome!", "You are welcome! I am happy to hel
 
 
 # --- the corpus ------------------------------------------------------------------------------------
+
 
 def _exchanges(rng: random.Random) -> list[tuple[str, str]]:
     """One topic: a story (maybe followed by "another one" or "who was in it?"), a copying drill, a
@@ -294,7 +358,7 @@ def _exchanges(rng: random.Random) -> list[tuple[str, str]]:
         ask, answer, cast = _story_request(rng) if rng.random() < 0.6 else _parts_story(rng)
         out = [(ask, answer)]
         follow = rng.random()
-        if follow < 0.2:   # a follow-up that needs the first turn: same character, new place
+        if follow < 0.2:  # a follow-up that needs the first turn: same character, new place
             out.append((f"Tell me another story about the {cast[0]}.", story(rng, cast[0], rng.choice(SETTINGS))))
         elif follow < 0.45:
             out.append(_who_was_in_it(cast))
@@ -360,8 +424,14 @@ def tokenizer_texts(seed: int = 0, chats: int = 6000, texts: int = 1500) -> Iter
 def probe_prompts() -> list[tuple[list[dict], list[str]]]:
     """Fixed chat prompts, each with words a coherent answer must contain (any case): the corpus answers
     every one of them this way, so a base pretrained on it should too."""
-    probes = [("What do cows eat?", ["grass"]), ("Where does a bear live?", ["cave"]),
-              ("What is the capital of France?", ["Paris"]), ("What colour is the sky?", ["blue"]),
-              ("What is the opposite of hot?", ["cold"]), ("Name three fruits.", ["fruits"]),
-              ("Tell me a short story about a fox in a forest.", ["fox", "forest"]), ("Hello!", ["Hello"])]
+    probes = [
+        ("What do cows eat?", ["grass"]),
+        ("Where does a bear live?", ["cave"]),
+        ("What is the capital of France?", ["Paris"]),
+        ("What colour is the sky?", ["blue"]),
+        ("What is the opposite of hot?", ["cold"]),
+        ("Name three fruits.", ["fruits"]),
+        ("Tell me a short story about a fox in a forest.", ["fox", "forest"]),
+        ("Hello!", ["Hello"]),
+    ]
     return [([{"role": "user", "content": text}], words) for text, words in probes]

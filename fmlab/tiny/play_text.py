@@ -7,6 +7,7 @@ scene solves it; a one-scene play does both in three or four lines. Extra lines 
 traits and the setting so the text varies while staying simple enough for a tiny model to learn.
 `fmlab.tiny.plays` builds the dataset and the metric on top of this module.
 """
+
 from __future__ import annotations
 
 import random
@@ -15,22 +16,22 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class PlayRequest:
-    characters: tuple[str, ...]   # lower case, in the order the request names them
+    characters: tuple[str, ...]  # lower case, in the order the request names them
     setting: str
     scenes: int
 
 
 @dataclass(frozen=True)
 class Character:
-    adjective: str   # "I am a big dragon."
-    likes: str       # "I love shiny gold!"
-    can: str         # first person: "I can breathe tiny sparks."
+    adjective: str  # "I am a big dragon."
+    likes: str  # "I love shiny gold!"
+    can: str  # first person: "I can breathe tiny sparks."
 
 
 @dataclass(frozen=True)
 class Setting:
     preposition: str  # "on" a beach, "in" a bakery, "at" a school
-    things: str       # plural things found there, "the sand castles"
+    things: str  # plural things found there, "the sand castles"
 
 
 # One word each: cast names are single upper-case words, which keeps `NAME: line` unambiguous.
@@ -77,21 +78,36 @@ CHARACTER_TRAITS = {
     "whale": Character("enormous", "deep water", "sing under the sea"),
 }
 SETTING_TRAITS = {
-    "bakery": Setting("in", "warm ovens"), "beach": Setting("on", "sand castles"),
-    "library": Setting("in", "tall shelves"), "castle": Setting("in", "high towers"),
-    "forest": Setting("in", "tall trees"), "school": Setting("at", "little desks"),
-    "garden": Setting("in", "bright flowers"), "kitchen": Setting("in", "pots and pans"),
-    "farm": Setting("on", "hay bales"), "zoo": Setting("at", "animal houses"),
-    "park": Setting("in", "green benches"), "spaceship": Setting("on", "blinking buttons"),
-    "cave": Setting("in", "dark corners"), "river": Setting("by", "smooth stones"),
-    "mountain": Setting("on", "snowy rocks"), "market": Setting("at", "fruit stalls"),
-    "museum": Setting("in", "old statues"), "train station": Setting("at", "busy platforms"),
-    "island": Setting("on", "palm trees"), "playground": Setting("at", "swings and slides"),
-    "pond": Setting("by", "lily pads"), "desert": Setting("in", "sand dunes"),
-    "meadow": Setting("in", "wild flowers"), "lighthouse": Setting("in", "winding stairs"),
-    "treehouse": Setting("in", "rope ladders"), "toy shop": Setting("in", "wooden toys"),
-    "village": Setting("in", "little houses"), "circus": Setting("at", "striped tents"),
-    "swamp": Setting("in", "muddy puddles"), "snowy hill": Setting("on", "snowmen"),
+    "bakery": Setting("in", "warm ovens"),
+    "beach": Setting("on", "sand castles"),
+    "library": Setting("in", "tall shelves"),
+    "castle": Setting("in", "high towers"),
+    "forest": Setting("in", "tall trees"),
+    "school": Setting("at", "little desks"),
+    "garden": Setting("in", "bright flowers"),
+    "kitchen": Setting("in", "pots and pans"),
+    "farm": Setting("on", "hay bales"),
+    "zoo": Setting("at", "animal houses"),
+    "park": Setting("in", "green benches"),
+    "spaceship": Setting("on", "blinking buttons"),
+    "cave": Setting("in", "dark corners"),
+    "river": Setting("by", "smooth stones"),
+    "mountain": Setting("on", "snowy rocks"),
+    "market": Setting("at", "fruit stalls"),
+    "museum": Setting("in", "old statues"),
+    "train station": Setting("at", "busy platforms"),
+    "island": Setting("on", "palm trees"),
+    "playground": Setting("at", "swings and slides"),
+    "pond": Setting("by", "lily pads"),
+    "desert": Setting("in", "sand dunes"),
+    "meadow": Setting("in", "wild flowers"),
+    "lighthouse": Setting("in", "winding stairs"),
+    "treehouse": Setting("in", "rope ladders"),
+    "toy shop": Setting("in", "wooden toys"),
+    "village": Setting("in", "little houses"),
+    "circus": Setting("at", "striped tents"),
+    "swamp": Setting("in", "muddy puddles"),
+    "snowy hill": Setting("on", "snowmen"),
 }
 CHARACTERS = list(CHARACTER_TRAITS)
 SETTINGS = list(SETTING_TRAITS)
@@ -128,8 +144,10 @@ ARCS = {
         "title": "The Lost {Item}",
         "start": ("Oh no! I lost my {item} {at_place}.", "Do not worry, {hero}. We will find it together."),
         "middle": ("Is your {item} near the {things}?", "No, it is not there. Let us keep looking."),
-        "end": ("Look, {hero}! Your {item} was behind the {things}!",
-                "Hooray! Thank you, {finder}. You are a good friend."),
+        "end": (
+            "Look, {hero}! Your {item} was behind the {things}!",
+            "Hooray! Thank you, {finder}. You are a good friend.",
+        ),
     },
     "party": {
         "title": "A Party {At_place}",
@@ -166,23 +184,41 @@ ITEMS = ["hat", "red ball", "kite", "lunch box", "golden key", "blue scarf", "li
 
 # Stage directions per scene role. Slots: {hero} {helper} {finder} (lower case), {place}, {at_place}, {things}.
 DIRECTIONS = {
-    "start": ["(The {hero} is playing {at_place}.)", "(Morning {at_place}. The {hero} looks around.)",
-              "(The {hero} and the {helper} meet {at_place}.)", "(The {hero} walks past the {things}.)"],
-    "middle": ["(Later, the friends look around the {things}.)", "(It is noon {at_place}.)",
-               "(The {helper} waves to the {hero}.)", "(The friends walk across the {place}.)"],
-    "end": ["(The sun is setting {at_place}.)", "(The {finder} comes running.)",
-            "(Everyone gathers by the {things}.)", "(Evening {at_place}. The friends smile.)"],
+    "start": [
+        "(The {hero} is playing {at_place}.)",
+        "(Morning {at_place}. The {hero} looks around.)",
+        "(The {hero} and the {helper} meet {at_place}.)",
+        "(The {hero} walks past the {things}.)",
+    ],
+    "middle": [
+        "(Later, the friends look around the {things}.)",
+        "(It is noon {at_place}.)",
+        "(The {helper} waves to the {hero}.)",
+        "(The friends walk across the {place}.)",
+    ],
+    "end": [
+        "(The sun is setting {at_place}.)",
+        "(The {finder} comes running.)",
+        "(Everyone gathers by the {things}.)",
+        "(Evening {at_place}. The friends smile.)",
+    ],
 }
 # Extra lines from the speaker's traits and the setting. Slots: {a_adjective} {me} {likes} {can} of the speaker,
 # {other} (the previous speaker, addressed), {place}, {things}.
-TRAIT_LINES = ["I love {likes}!", "I can {can}. Watch me!", "Did you know I can {can}, {other}?",
-               "I am {a_adjective} {me}, and I can help.", "Look at all the {things}!",
-               "This {place} is my favourite place.", "{other}, do you like {likes}? I do!",
-               "Wait for me, {other}!"]
+TRAIT_LINES = [
+    "I love {likes}!",
+    "I can {can}. Watch me!",
+    "Did you know I can {can}, {other}?",
+    "I am {a_adjective} {me}, and I can help.",
+    "Look at all the {things}!",
+    "This {place} is my favourite place.",
+    "{other}, do you like {likes}? I do!",
+    "Wait for me, {other}!",
+]
 
 
 def article(word: str) -> str:
-    vowel_sound = word[0] in "aeiou" and not word.startswith(("uni", "use"))   # "a unicorn"
+    vowel_sound = word[0] in "aeiou" and not word.startswith(("uni", "use"))  # "a unicorn"
     return ("an " if vowel_sound else "a ") + word
 
 
@@ -195,13 +231,18 @@ def join_names(characters: tuple[str, ...]) -> str:
 def request_text(req: PlayRequest, rng: random.Random) -> str:
     n, place = req.scenes, req.setting
     return rng.choice(REQUESTS).format(
-        chars=join_names(req.characters), a_place=article(place),
+        chars=join_names(req.characters),
+        a_place=article(place),
         at_a_place=f"{SETTING_TRAITS[place].preposition} {article(place)}",
-        n=n, n_word=SCENE_WORDS[n], N_word=SCENE_WORDS[n].capitalize(), s="" if n == 1 else "s")
+        n=n,
+        n_word=SCENE_WORDS[n],
+        N_word=SCENE_WORDS[n].capitalize(),
+        s="" if n == 1 else "s",
+    )
 
 
 def _title(req: PlayRequest, arc: dict, slots: dict, rng: random.Random) -> str:
-    if rng.random() < 0.5:   # named after the characters: "The Dragon, the Owl and the Baker"
+    if rng.random() < 0.5:  # named after the characters: "The Dragon, the Owl and the Baker"
         names = ["the " + c.title() for c in req.characters]
         title = ", ".join(names[:-1]) + " and " + names[-1]
         return title[0].upper() + title[1:]
@@ -223,18 +264,26 @@ def play_text(req: PlayRequest, rng: random.Random) -> str:
     speakers = {"start": (hero, helper), "middle": (helper, hero), "end": (finder, hero)}
     arc = ARCS[rng.choice(list(ARCS))]
     place = req.setting
-    slots = {"place": place, "at_place": f"{SETTING_TRAITS[place].preposition} the {place}",
-             "things": SETTING_TRAITS[place].things, "item": rng.choice(ITEMS),
-             "hero_likes": CHARACTER_TRAITS[hero].likes, "helper_likes": CHARACTER_TRAITS[helper].likes}
+    slots = {
+        "place": place,
+        "at_place": f"{SETTING_TRAITS[place].preposition} the {place}",
+        "things": SETTING_TRAITS[place].things,
+        "item": rng.choice(ITEMS),
+        "hero_likes": CHARACTER_TRAITS[hero].likes,
+        "helper_likes": CHARACTER_TRAITS[helper].likes,
+    }
     addressed = slots | {role: name.title() for role, name in names.items()}
-    lines = [f"TITLE: {_title(req, arc, slots, rng)}", "CAST: " + ", ".join(c.upper() for c in cast),
-             f"SETTING: {article(place)}"]
+    lines = [
+        f"TITLE: {_title(req, arc, slots, rng)}",
+        "CAST: " + ", ".join(c.upper() for c in cast),
+        f"SETTING: {article(place)}",
+    ]
     for number, roles in enumerate(_scene_roles(req.scenes), start=1):
         lines.append(f"SCENE {number}")
         lines.append(rng.choice(DIRECTIONS[roles[0]]).format(**slots | names))
         dialogue = [(who, text.format(**addressed)) for role in roles for who, text in zip(speakers[role], arc[role])]
-        if len(roles) == 2 and finder == helper:   # one scene, two characters: the helper would speak
-            del dialogue[2]                        # twice in a row, so the hero closes right away
+        if len(roles) == 2 and finder == helper:  # one scene, two characters: the helper would speak
+            del dialogue[2]  # twice in a row, so the hero closes right away
         if len(roles) == 1:
             # fewer extras in three-scene plays keeps the longest replies near 150 words (~250 tokens)
             extras = rng.randint(0, 2 if req.scenes == 2 else 1)
@@ -244,17 +293,24 @@ def play_text(req: PlayRequest, rng: random.Random) -> str:
     return "\n".join(lines)
 
 
-def _add_trait_lines(rng: random.Random, dialogue: list[tuple[str, str]], count: int, cast: list[str], place: str,
-                     at_start: bool) -> list[tuple[str, str]]:
+def _add_trait_lines(
+    rng: random.Random, dialogue: list[tuple[str, str]], count: int, cast: list[str], place: str, at_start: bool
+) -> list[tuple[str, str]]:
     """`count` trait lines after the scene's pair, or before it when the pair closes the play; the same
     character never speaks twice in a row."""
     extra, previous = [], dialogue[0][0] if at_start else dialogue[-1][0]
     for _ in range(count):
         me = rng.choice([c for c in cast if c != previous])
         traits = CHARACTER_TRAITS[me]
-        text = rng.choice(TRAIT_LINES).format(me=me, a_adjective=article(traits.adjective), likes=traits.likes,
-                                              can=traits.can, place=place, things=SETTING_TRAITS[place].things,
-                                              other="{other}")   # the previous speaker, known only later
+        text = rng.choice(TRAIT_LINES).format(
+            me=me,
+            a_adjective=article(traits.adjective),
+            likes=traits.likes,
+            can=traits.can,
+            place=place,
+            things=SETTING_TRAITS[place].things,
+            other="{other}",
+        )  # the previous speaker, known only later
         extra.append((me, text))
         previous = me
     return extra[::-1] + dialogue if at_start else dialogue + extra

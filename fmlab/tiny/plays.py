@@ -17,6 +17,7 @@ A request names 2-3 characters, a setting and 1-3 scenes; the reply is (`fmlab.t
 
 `python -m fmlab.tiny.plays [--out data] [--seed 0]` writes the splits to `data/` (see `data/README.md`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,6 +40,7 @@ SYSTEM_FRACTION = 0.7
 
 
 # --- the dataset -----------------------------------------------------------------------------------
+
 
 def random_request(rng: random.Random) -> PlayRequest:
     characters = tuple(rng.sample(CHARACTERS, rng.choice((2, 2, 3))))
@@ -71,7 +73,7 @@ def sample_for(req: PlayRequest, rng: random.Random) -> list[dict]:
 
 def _text_rng(seed: int, part: str) -> random.Random:
     # Wording is drawn apart from the requests, so a split's requests do not depend on its wording.
-    return random.Random(f"fmlab.plays:{seed}:{part}")   # str seeds are hashed with sha512: stable across runs
+    return random.Random(f"fmlab.plays:{seed}:{part}")  # str seeds are hashed with sha512: stable across runs
 
 
 def generate_samples(n: int, seed: int = 0) -> list[list[dict]]:
@@ -84,13 +86,16 @@ def split_requests(seed: int = 0) -> dict[str, list[PlayRequest]]:
     """The requests of each split; no request appears in two splits."""
     requests, out, start = generate_requests(sum(SPLITS.values()), seed), {}, 0
     for name, size in SPLITS.items():
-        out[name], start = requests[start:start + size], start + size
+        out[name], start = requests[start : start + size], start + size
     return out
 
 
 def split_samples(seed: int = 0) -> dict[str, list[list[dict]]]:
-    return {name: [sample_for(req, rng) for req in requests]
-            for name, requests in split_requests(seed).items() for rng in [_text_rng(seed, name)]}
+    return {
+        name: [sample_for(req, rng) for req in requests]
+        for name, requests in split_requests(seed).items()
+        for rng in [_text_rng(seed, name)]
+    }
 
 
 def make_splits(out: str | Path = "data", seed: int = 0) -> dict[str, Path]:
@@ -125,8 +130,9 @@ def parse_request(prompt) -> PlayRequest:
     characters = tuple(dict.fromkeys(m.group(1) for m in _CHARACTER_RE.finditer(text)))
     setting = _SETTING_RE.search(text)
     scenes = _SCENES_RE.search(text)
-    return PlayRequest(characters, setting.group(1) if setting else "",
-                       _NUMBERS[scenes.group(1) or scenes.group(2)] if scenes else 1)
+    return PlayRequest(
+        characters, setting.group(1) if setting else "", _NUMBERS[scenes.group(1) or scenes.group(2)] if scenes else 1
+    )
 
 
 # --- the metric ------------------------------------------------------------------------------------
@@ -147,12 +153,12 @@ def _read_play(text: str) -> dict:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     ends = bool(lines) and lines[-1] == END
     if ends:
-        lines = lines[:-1]              # a missing THE END should not also break the last scene
+        lines = lines[:-1]  # a missing THE END should not also break the last scene
     first_scene = next((i for i, line in enumerate(lines) if _SCENE_RE.fullmatch(line)), len(lines))
     header, body = lines[:first_scene], lines[first_scene:]
     cast = next((m for line in header if (m := _CAST_RE.fullmatch(line))), None)
     setting = next((m for line in header if (m := _SETTING_LINE_RE.fullmatch(line))), None)
-    numbers, speakers, scenes = [], set(), []   # scenes: the kinds of line in each, "d"irection or "s"peech
+    numbers, speakers, scenes = [], set(), []  # scenes: the kinds of line in each, "d"irection or "s"peech
     for line in body:
         if m := _SCENE_RE.fullmatch(line):
             numbers.append(int(m.group(1)))
@@ -165,8 +171,8 @@ def _read_play(text: str) -> dict:
         else:
             scenes[-1] += "?"
     return {
-        "header_in_order": len(header) == 3 and all(
-            pattern.fullmatch(line) for pattern, line in zip((_TITLE_RE, _CAST_RE, _SETTING_LINE_RE), header)),
+        "header_in_order": len(header) == 3
+        and all(pattern.fullmatch(line) for pattern, line in zip((_TITLE_RE, _CAST_RE, _SETTING_LINE_RE), header)),
         "cast": [name.lower() for name in cast.group(1).split(", ")] if cast else [],
         "setting": setting.group(1).lower() if setting else None,
         "scene_numbers": numbers,
@@ -192,14 +198,18 @@ def play_format_checks(prompt, text: str) -> dict[str, float]:
     ]
     if req.characters:
         characters = sum(c in cast for c in req.characters) / len(req.characters)
-    else:                                       # the request named no known character: any cast will do
+    else:  # the request named no known character: any cast will do
         characters = float(bool(cast))
     if play["setting"] is None:
         setting = 0.0
-    else:                                       # "a bakery", "the old bakery": the setting's word is enough
+    else:  # "a bakery", "the old bakery": the setting's word is enough
         setting = float(not req.setting or re.search(rf"\b{re.escape(req.setting)}\b", play["setting"]) is not None)
-    return {"format": sum(format_checks) / len(format_checks), "characters": characters, "setting": setting,
-            "scenes": float(len(numbers) == req.scenes)}
+    return {
+        "format": sum(format_checks) / len(format_checks),
+        "characters": characters,
+        "setting": setting,
+        "scenes": float(len(numbers) == req.scenes),
+    }
 
 
 def play_format_score(prompt, text: str) -> float:

@@ -1,7 +1,8 @@
 """Adapter training as one call: load the base from an assets directory, read and validate the chat
 JSONL, tokenize with Apple's template, batch (packed or not), and run `train.train` with the token
-cross-entropy (afm-facts.md §6.1). The CLI's `train-adapter` and notebook 02 both call this.
+cross-entropy (docs/afm-format.md §6.1). The CLI's `train-adapter` and notebook 02 both call this.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,13 +40,29 @@ def load_batches(tokenizer, path, data: DataConfig, batch_size: int, seed: int |
     if train and len(samples) < batch_size:
         raise FmlabError(f"{path}: {len(samples)} samples is fewer than --batch-size {batch_size}")
     dataset = tokenize_dataset(tokenizer, samples, data.max_sequence_length, data.reject_long)
-    return Batches(dataset, batch_size, pack=data.pack_sequences, fixed=data.fixed_sized_sequences,
-                   shuffle_seed=seed, max_len=data.max_sequence_length)
+    return Batches(
+        dataset,
+        batch_size,
+        pack=data.pack_sequences,
+        fixed=data.fixed_sized_sequences,
+        shuffle_seed=seed,
+        max_len=data.max_sequence_length,
+    )
 
 
-def train_adapter(train_data: str | Path, checkpoint_dir: str | Path, eval_data: str | Path | None = None,
-                  config=None, data: DataConfig | None = None, assets=None, lora=None, device=None,
-                  callbacks=(), resume: bool = False, save_every: int | None = None) -> dict:
+def train_adapter(
+    train_data: str | Path,
+    checkpoint_dir: str | Path,
+    eval_data: str | Path | None = None,
+    config=None,
+    data: DataConfig | None = None,
+    assets=None,
+    lora=None,
+    device=None,
+    callbacks=(),
+    resume: bool = False,
+    save_every: int | None = None,
+) -> dict:
     """Train a LoRA adapter on the assets' base; checkpoints go to `checkpoint_dir`. Returns the summary."""
 
     config = config or TrainConfig()
@@ -62,5 +79,14 @@ def train_adapter(train_data: str | Path, checkpoint_dir: str | Path, eval_data:
     evals = None
     if eval_data:
         evals = list(load_batches(tokenizer, eval_data, data, config.batch_size, None, train=False).epoch(0))
-    return train(model, token_loss, batches, evals, config, checkpoint_dir, callbacks=callbacks,
-                 resume=resume, save_every=save_every)
+    return train(
+        model,
+        token_loss,
+        batches,
+        evals,
+        config,
+        checkpoint_dir,
+        callbacks=callbacks,
+        resume=resume,
+        save_every=save_every,
+    )

@@ -3,6 +3,7 @@ adapter (by default the *best* checkpoint by eval loss of an adapter run), the s
 assets' `draft-model.pt`, and every saved draft is then scored by what it is for: speculative
 acceptance rate and wall-clock speedup against that teacher on held-out prompts.
 """
+
 from __future__ import annotations
 
 import time
@@ -46,11 +47,28 @@ def load_teacher(assets=None, checkpoint=None, device="cpu"):
     return load_base(assets, checkpoint=adapter, device=device), adapter
 
 
-def train_draft(train_data, checkpoint_dir, eval_data=None, checkpoint=None, config=None, data=None, assets=None,
-                divergence: str = "reverse_kl", temperature: float = 1.0, beta: float = 0.5, on_policy: float = 0.0,
-                target_precision: str = "bf16-mixed", compile_target: bool = False, score_prompts=None,
-                num_draft_tokens: int = 5, device=None, callbacks=(), resume: bool = False,
-                teacher_replies: bool = False, cache_teacher_topk: int = 0) -> dict:
+def train_draft(
+    train_data,
+    checkpoint_dir,
+    eval_data=None,
+    checkpoint=None,
+    config=None,
+    data=None,
+    assets=None,
+    divergence: str = "reverse_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    on_policy: float = 0.0,
+    target_precision: str = "bf16-mixed",
+    compile_target: bool = False,
+    score_prompts=None,
+    num_draft_tokens: int = 5,
+    device=None,
+    callbacks=(),
+    resume: bool = False,
+    teacher_replies: bool = False,
+    cache_teacher_topk: int = 0,
+) -> dict:
     """Distil the assets' draft against base + adapter; then score every saved draft by acceptance.
     With `teacher_replies`, the draft learns on the teacher's own greedy replies to the training prompts
     (written once to CHECKPOINT_DIR/teacher-replies.jsonl and reused on resume) instead of the references.
@@ -65,47 +83,75 @@ def train_draft(train_data, checkpoint_dir, eval_data=None, checkpoint=None, con
     teacher, adapter = load_teacher(assets, checkpoint, device)
     student = load_draft(assets, device=device).train()
     if student.config.vocab_size != teacher.config.vocab_size:
-        raise FmlabError(f"draft vocabulary {student.config.vocab_size} != base vocabulary "
-                         f"{teacher.config.vocab_size}: they cannot be distilled or used together")
+        raise FmlabError(
+            f"draft vocabulary {student.config.vocab_size} != base vocabulary "
+            f"{teacher.config.vocab_size}: they cannot be distilled or used together"
+        )
     for p in student.parameters():
         p.requires_grad_(True)
     if compile_target:
         teacher = torch.compile(teacher)
     cache = None
     if cache_teacher_topk:
-
-        cache = TeacherTopK(cache_teacher_topk, Path(checkpoint_dir) / "teacher-topk.pt",
-                            teacher_fingerprint(teacher), target_precision)
-    loss = DistillLoss(teacher, divergence, temperature, beta, on_policy, target_precision, stop_ids(tokenizer),
-                       config.seed, cache)
+        cache = TeacherTopK(
+            cache_teacher_topk, Path(checkpoint_dir) / "teacher-topk.pt", teacher_fingerprint(teacher), target_precision
+        )
+    loss = DistillLoss(
+        teacher, divergence, temperature, beta, on_policy, target_precision, stop_ids(tokenizer), config.seed, cache
+    )
     if teacher_replies:
         replies = Path(checkpoint_dir) / "teacher-replies.jsonl"
         if not (resume and replies.exists()):
             Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
             counts = write_teacher_replies(teacher, tokenizer, train_data, replies, precision=target_precision)
-            print(f"teacher replies: {counts['samples']} written to {replies} ({counts['stopped']} ended by "
-                  "the teacher, the rest at the length limit)")
+            print(
+                f"teacher replies: {counts['samples']} written to {replies} ({counts['stopped']} ended by "
+                "the teacher, the rest at the length limit)"
+            )
         train_data = replies
     batches = load_batches(tokenizer, train_data, data, config.batch_size, config.seed)
     evals = None
     if eval_data:
         evals = list(load_batches(tokenizer, eval_data, data, config.batch_size, None, train=False).epoch(0))
-    summary = train(student, loss, batches, evals, config, checkpoint_dir, save_weights=save_model,
-                    callbacks=callbacks, resume=resume)
+    summary = train(
+        student,
+        loss,
+        batches,
+        evals,
+        config,
+        checkpoint_dir,
+        save_weights=save_model,
+        callbacks=callbacks,
+        resume=resume,
+    )
     if cache is not None:
         cache.save()
-        summary["teacher_cache"] = {"k": cache.k, "documents": len(cache.docs), "megabytes": cache.megabytes(),
-                                    "batches_from_cache": cache.hits, "batches_through_teacher": cache.misses}
+        summary["teacher_cache"] = {
+            "k": cache.k,
+            "documents": len(cache.docs),
+            "megabytes": cache.megabytes(),
+            "batches_from_cache": cache.hits,
+            "batches_through_teacher": cache.misses,
+        }
     summary["teacher_adapter"] = str(adapter) if adapter else None
     if score_prompts:
-        summary["scores"] = score_drafts(checkpoint_dir, teacher, tokenizer, score_prompts, assets,
-                                         num_draft_tokens=num_draft_tokens)
+        summary["scores"] = score_drafts(
+            checkpoint_dir, teacher, tokenizer, score_prompts, assets, num_draft_tokens=num_draft_tokens
+        )
     return summary
 
 
 @torch.no_grad()
-def measure_speculation(teacher, draft, prompts: list[list[int]], stop, num_draft_tokens=5, max_new_tokens=64,
-                        precision="f32", plain_seconds: float | None = None) -> dict:
+def measure_speculation(
+    teacher,
+    draft,
+    prompts: list[list[int]],
+    stop,
+    num_draft_tokens=5,
+    max_new_tokens=64,
+    precision="f32",
+    plain_seconds: float | None = None,
+) -> dict:
     """Acceptance rate and speedup of `draft` for `teacher` at T=0 over `prompts` (token ids)."""
 
     greedy = Sampling(temperature=0.0)
@@ -120,12 +166,24 @@ def measure_speculation(teacher, draft, prompts: list[list[int]], stop, num_draf
         _, stats = speculative_generate(teacher, draft, p, stop, max_new_tokens, num_draft_tokens, greedy, precision)
         proposed, accepted = proposed + stats["proposed"], accepted + stats["accepted"]
     spec_seconds = time.perf_counter() - start
-    return {"acceptance_rate": accepted / max(proposed, 1), "speedup": plain_seconds / spec_seconds,
-            "plain_seconds": plain_seconds, "speculative_seconds": spec_seconds}
+    return {
+        "acceptance_rate": accepted / max(proposed, 1),
+        "speedup": plain_seconds / spec_seconds,
+        "plain_seconds": plain_seconds,
+        "speculative_seconds": spec_seconds,
+    }
 
 
-def score_drafts(checkpoint_dir, teacher, tokenizer, prompts, assets=None, num_draft_tokens=5,
-                 max_new_tokens=64, include_start: bool = True) -> list[dict]:
+def score_drafts(
+    checkpoint_dir,
+    teacher,
+    tokenizer,
+    prompts,
+    assets=None,
+    num_draft_tokens=5,
+    max_new_tokens=64,
+    include_start: bool = True,
+) -> list[dict]:
     """Score the starting draft and every saved draft of a run; record the numbers in its manifest and
     mark the best by acceptance rate. Warns when the best draft does not speed decoding up."""
 
@@ -151,6 +209,9 @@ def score_drafts(checkpoint_dir, teacher, tokenizer, prompts, assets=None, num_d
         manager.manifest["best_by_acceptance"] = best["draft"]
         manager.annotate(best["draft"])
         if best["speedup"] < 1.0:
-            warnings.warn(f"the best draft ({best['draft']}) is slower than plain decoding "
-                          f"(speedup {best['speedup']:.2f}x): don't ship it as is", stacklevel=2)
+            warnings.warn(
+                f"the best draft ({best['draft']}) is slower than plain decoding "
+                f"(speedup {best['speedup']:.2f}x): don't ship it as is",
+                stacklevel=2,
+            )
     return results

@@ -5,6 +5,7 @@
 accumulation divides by the target tokens of all accumulated micro-batches (and all ranks) and
 batch size × accumulation behaves exactly like one big batch.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,22 +35,22 @@ from fmlab.model.precision import PRECISIONS, autocast, prepare_precision
 class TrainConfig:
     epochs: int = 2
     learning_rate: float = 1e-3
-    warmup_epochs: float | None = None     # Apple's --warmup-epochs; else `warmup_fraction` of all steps
+    warmup_epochs: float | None = None  # Apple's --warmup-epochs; else `warmup_fraction` of all steps
     warmup_fraction: float = 0.1
-    schedule: str = "cosine"               # "cosine" (adapters) or "constant" (drafts) after warmup
+    schedule: str = "cosine"  # "cosine" (adapters) or "constant" (drafts) after warmup
     batch_size: int = 4
     gradient_accumulation_steps: int = 1
     weight_decay: float = 1e-2
     clip_grad_norm: float = 1.0
     precision: str = "bf16-mixed"
     activation_checkpointing: bool = False
-    checkpoint_every_n: int = 2            # with activation checkpointing: every n-th block (Apple: 2)
+    checkpoint_every_n: int = 2  # with activation checkpointing: every n-th block (Apple: 2)
     compile_model: bool = False
-    eval_every: int | None = None          # also evaluate every N optimizer steps
-    checkpoint_frequency: int = 1          # save a candidate every N epochs
+    eval_every: int | None = None  # also evaluate every N optimizer steps
+    checkpoint_frequency: int = 1  # save a candidate every N epochs
     keep_best: int = 2
     prefix: str = "adapter"
-    loss_update_frequency: int = 3         # progress-bar refresh, in steps
+    loss_update_frequency: int = 3  # progress-bar refresh, in steps
     seed: int = 0
 
     def __post_init__(self):
@@ -66,8 +67,9 @@ class TrainConfig:
 
 def lr_lambda(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     total = max(1, config.epochs * steps_per_epoch)
-    warmup = (config.warmup_epochs * steps_per_epoch if config.warmup_epochs is not None
-              else config.warmup_fraction * total)
+    warmup = (
+        config.warmup_epochs * steps_per_epoch if config.warmup_epochs is not None else config.warmup_fraction * total
+    )
     warmup = min(max(warmup, 0), total)
 
     def factor(step: int) -> float:
@@ -76,6 +78,7 @@ def lr_lambda(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], floa
         if config.schedule == "constant":
             return 1.0
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
     return factor
 
 
@@ -110,15 +113,17 @@ class DivergenceCheck:
         return True
 
     def message(self, step: int, lr: float) -> str:
-        return (f"training loss is diverging: smoothed {self.ema:.4g} at step {step} is over {self.factor:g}x "
-                f"its start {self.start:.4g}. Lower the learning rate (now {lr:.3g}), try --precision f32, "
-                f"then --resume (the new learning rate applies) or start again")
+        return (
+            f"training loss is diverging: smoothed {self.ema:.4g} at step {step} is over {self.factor:g}x "
+            f"its start {self.start:.4g}. Lower the learning rate (now {lr:.3g}), try --precision f32, "
+            f"then --resume (the new learning rate applies) or start again"
+        )
 
 
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024     # Linux: KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 @torch.no_grad()
@@ -167,17 +172,26 @@ def _trim_metrics(path: Path, position: dict):
     if not path.is_file():
         return
     if "metrics_bytes" in position:
-        text = path.read_bytes()[:position["metrics_bytes"]].decode()
-    else:       # a resume state from before metrics_bytes
+        text = path.read_bytes()[: position["metrics_bytes"]].decode()
+    else:  # a resume state from before metrics_bytes
         rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= position["step"]]
         text = "".join(r + "\n" for r in rows)
     with atomic_write(path, "w") as f:
         f.write(text)
 
 
-def train(model, loss_fn, train_data, eval_data, config: TrainConfig, out_dir: str | Path,
-          save_weights: Callable | None = None, callbacks=(), resume: bool = False,
-          save_every: int | None = None) -> dict:
+def train(
+    model,
+    loss_fn,
+    train_data,
+    eval_data,
+    config: TrainConfig,
+    out_dir: str | Path,
+    save_weights: Callable | None = None,
+    callbacks=(),
+    resume: bool = False,
+    save_every: int | None = None,
+) -> dict:
     """Train the parameters of `model` that require grad.
 
     train_data: has `len()` (batches per epoch) and `epoch(n)` (that epoch's batches, deterministic);
@@ -196,14 +210,22 @@ def train(model, loss_fn, train_data, eval_data, config: TrainConfig, out_dir: s
     if not params:
         raise FmlabError("nothing to train: no parameter requires grad")
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    group = config.gradient_accumulation_steps * world         # batches per optimizer step
+    group = config.gradient_accumulation_steps * world  # batches per optimizer step
     steps_per_epoch = len(train_data) // group if world > 1 else math.ceil(len(train_data) / group)
     if steps_per_epoch < 1:
-        raise FmlabError(f"{len(train_data)} batches per epoch is fewer than one optimizer step "
-                         f"({group} batches); lower --batch-size or --gradient-accumulation-steps")
+        raise FmlabError(
+            f"{len(train_data)} batches per epoch is fewer than one optimizer step "
+            f"({group} batches); lower --batch-size or --gradient-accumulation-steps"
+        )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, steps_per_epoch))
-    ckpt = CheckpointManager(out_dir, config.prefix, save_weights or save_adapter, config.keep_best,
-                             config=asdict(config), continue_run=resume)
+    ckpt = CheckpointManager(
+        out_dir,
+        config.prefix,
+        save_weights or save_adapter,
+        config.keep_best,
+        config=asdict(config),
+        continue_run=resume,
+    )
     metrics_path = out_dir / "metrics.jsonl"
     position = {"epoch": 0, "step_in_epoch": 0, "step": 0}
     if resume:
@@ -229,9 +251,18 @@ def train(model, loss_fn, train_data, eval_data, config: TrainConfig, out_dir: s
 
     def checkpoint_state(epoch, step_in_epoch):
         if rank == 0:
-            ckpt.save_last(model, optimizer, scheduler, scaler,
-                           {"epoch": epoch, "step_in_epoch": step_in_epoch, "step": step,
-                            "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0})
+            ckpt.save_last(
+                model,
+                optimizer,
+                scheduler,
+                scaler,
+                {
+                    "epoch": epoch,
+                    "step_in_epoch": step_in_epoch,
+                    "step": step,
+                    "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0,
+                },
+            )
 
     def run_eval(epoch_progress):
         if eval_data is None:
@@ -257,7 +288,7 @@ def train(model, loss_fn, train_data, eval_data, config: TrainConfig, out_dir: s
                 sync = run_model.no_sync() if world > 1 and j < len(mine) - 1 else contextlib.nullcontext()
                 with sync, autocast(config.precision, device):
                     loss, _ = loss_fn(run_model, _to(batch, device))
-                    scaled = loss * (world / max(targets, 1))     # DDP averages over ranks
+                    scaled = loss * (world / max(targets, 1))  # DDP averages over ranks
                     (scaler.scale(scaled) if scaler else scaled).backward()
                 loss_sum += loss.detach().float()
             if world > 1:
@@ -271,7 +302,8 @@ def train(model, loss_fn, train_data, eval_data, config: TrainConfig, out_dir: s
                 raise FmlabError(
                     f"non-finite {'loss' if not math.isfinite(step_loss) else 'gradient'} at step {step + 1} "
                     f"(epoch {epoch + 1}); stopped without saving it. The last good state is in {out_dir} "
-                    f"(resume with --resume after lowering the learning rate or using --precision f32)")
+                    f"(resume with --resume after lowering the learning rate or using --precision f32)"
+                )
             lr = scheduler.get_last_lr()[0]
             if scaler:
                 scaler.step(optimizer)
@@ -283,9 +315,15 @@ def train(model, loss_fn, train_data, eval_data, config: TrainConfig, out_dir: s
             step += 1
             seconds = time.perf_counter() - start
             tokens = sum(int((b["input_ids"] != 0).sum()) for b in chunk)
-            row = {"step": step, "epoch": round(epoch + (s + 1) / steps_per_epoch, 4), "loss": step_loss,
-                   "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": round(tokens / seconds, 1),
-                   "peak_memory_mb": round(peak_memory_mb(device), 1)}
+            row = {
+                "step": step,
+                "epoch": round(epoch + (s + 1) / steps_per_epoch, 4),
+                "loss": step_loss,
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+                "tokens_per_s": round(tokens / seconds, 1),
+                "peak_memory_mb": round(peak_memory_mb(device), 1),
+            }
             log(row)
             _callbacks(callbacks, "on_step", row)
             summary["loss"] = step_loss
@@ -299,18 +337,32 @@ def train(model, loss_fn, train_data, eval_data, config: TrainConfig, out_dir: s
             if config.eval_every and step % config.eval_every == 0 and s + 1 < steps_per_epoch:
                 summary["eval_loss"] = run_eval(row["epoch"])
                 if rank == 0 and summary["eval_loss"] is not None:
-                    ckpt.save_candidate(model, f"step{step}", summary["eval_loss"], step=step,
-                                        epoch=row["epoch"], eval_loss=summary["eval_loss"])
+                    ckpt.save_candidate(
+                        model,
+                        f"step{step}",
+                        summary["eval_loss"],
+                        step=step,
+                        epoch=row["epoch"],
+                        eval_loss=summary["eval_loss"],
+                    )
                 checkpoint_state(epoch, s + 1)
             elif save_every and step % save_every == 0:
                 checkpoint_state(epoch, s + 1)
         summary["eval_loss"] = run_eval(epoch + 1)
         metric = summary["eval_loss"] if summary["eval_loss"] is not None else summary["loss"]
         if rank == 0 and ((epoch + 1) % config.checkpoint_frequency == 0 or epoch + 1 == config.epochs):
-            ckpt.save_candidate(model, f"epoch{epoch + 1}", metric, step=step, epoch=epoch + 1,
-                                eval_loss=summary["eval_loss"], train_loss=summary["loss"])
-            ckpt.save_final(model, step=step, epoch=epoch + 1, eval_loss=summary["eval_loss"],
-                            train_loss=summary["loss"])
+            ckpt.save_candidate(
+                model,
+                f"epoch{epoch + 1}",
+                metric,
+                step=step,
+                epoch=epoch + 1,
+                eval_loss=summary["eval_loss"],
+                train_loss=summary["loss"],
+            )
+            ckpt.save_final(
+                model, step=step, epoch=epoch + 1, eval_loss=summary["eval_loss"], train_loss=summary["loss"]
+            )
         checkpoint_state(epoch + 1, 0)
     bar.close()
     summary.update(steps=step, out_dir=str(out_dir), manifest=ckpt.manifest)
@@ -321,5 +373,6 @@ def train(model, loss_fn, train_data, eval_data, config: TrainConfig, out_dir: s
 def _progress(total: int, initial: int, disable: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=disable,
-                file=sys.stderr, dynamic_ncols=True)
+    return tqdm(
+        total=total, initial=initial, desc="train", unit="step", disable=disable, file=sys.stderr, dynamic_ncols=True
+    )

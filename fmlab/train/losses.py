@@ -1,7 +1,7 @@
 """The losses fmlab trains with, over assistant target tokens only (labels != IGNORE and != pad):
 
-- `token_loss`: summed token cross-entropy, the adapter and pretraining loss (afm-facts.md §6.1);
-- `reverse_kl`, `forward_kl`, `jsd`: per-token divergences for draft distillation (afm-facts.md §7);
+- `token_loss`: summed token cross-entropy, the adapter and pretraining loss (docs/afm-format.md §6.1);
+- `reverse_kl`, `forward_kl`, `jsd`: per-token divergences for draft distillation (docs/afm-format.md §7);
 - `linear_cross_entropy`: the cross-entropy of a linear head in row chunks, without keeping the logits.
 
 `F.cross_entropy(F.linear(h, W), y)` keeps the (rows, vocab) fp32 logits for the backward and runs a
@@ -10,6 +10,7 @@ the loss *and* the gradient with respect to h (and W, when it trains) while the 
 only a (rows, hidden) gradient is kept. Same products and roundings as the autocast reference: the
 matmuls run in the autocast dtype, the softmax in fp32, its gradient is cast back before the matmul.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,8 @@ import torch.nn.functional as F
 from fmlab.data.chat_template import IGNORE
 from fmlab.model.transformer import unwrap
 
-CHUNK_ELEMENTS = 1 << 21       # logits per chunk (8 MiB in fp32): stays in cache, keeps the matmuls large
-MIN_CHUNK_ROWS = 256           # with a large vocabulary, still enough rows per pass over the head weight
+CHUNK_ELEMENTS = 1 << 21  # logits per chunk (8 MiB in fp32): stays in cache, keeps the matmuls large
+MIN_CHUNK_ROWS = 256  # with a large vocabulary, still enough rows per pass over the head weight
 
 
 def chunk_rows(vocab_size: int) -> int:
@@ -43,17 +44,17 @@ def _loss_and_grads(hidden, weight, labels, want_h: bool, want_w: bool):
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         rows = chunk_rows(w.shape[0])
         for i in range(0, h.shape[0], rows):
-            x, y = h[i:i + rows], labels[i:i + rows]
-            logits = (x @ w.t()).float()                                       # (n, V)
+            x, y = h[i : i + rows], labels[i : i + rows]
+            logits = (x @ w.t()).float()  # (n, V)
             lse = logits.logsumexp(-1)
             loss += (lse - logits.gather(1, y[:, None])[:, 0]).sum()
             if not (want_h or want_w):
                 continue
-            g = logits.sub_(lse[:, None]).exp_()                               # softmax - one-hot
+            g = logits.sub_(lse[:, None]).exp_()  # softmax - one-hot
             g[torch.arange(len(y), device=y.device), y] -= 1
             g = g.to(dtype)
             if want_h:
-                torch.mm(g, w, out=grad_h[i:i + rows])
+                torch.mm(g, w, out=grad_h[i : i + rows])
             if want_w:
                 grad_w += (g.t() @ x).float()
     return loss, grad_h, grad_w
@@ -71,15 +72,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_h, grad_w = ctx.saved_tensors
         h_dtype, w_dtype = ctx.dtypes
-        return (None if grad_h is None else (grad_h * grad_loss).to(h_dtype),
-                None if grad_w is None else (grad_w * grad_loss).to(w_dtype), None)
+        return (
+            None if grad_h is None else (grad_h * grad_loss).to(h_dtype),
+            None if grad_w is None else (grad_w * grad_loss).to(w_dtype),
+            None,
+        )
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """sum_i CE(hidden[i] @ weight.T, labels[i]) for hidden (N, C), weight (V, C), labels (N,)."""
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(hidden, weight, labels)
-    return _loss_and_grads(hidden, weight, labels, False, False)[0]      # evaluation: no gradients
+    return _loss_and_grads(hidden, weight, labels, False, False)[0]  # evaluation: no gradients
 
 
 def token_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +93,7 @@ def token_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
 
     hidden = model(batch["input_ids"], segment_ids=batch.get("segment_ids"), return_hidden=True)
     labels = batch["label_ids"]
-    keep = (labels != IGNORE) & (labels != 0)          # pad labels are ignored too, as Apple does
+    keep = (labels != IGNORE) & (labels != 0)  # pad labels are ignored too, as Apple does
     return linear_cross_entropy(hidden[keep], unwrap(model).embedding.weight, labels[keep]), keep.sum()
 
 
@@ -107,8 +111,7 @@ def jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float 
     """beta * KL(p || m) + (1 - beta) * KL(q || m), m = beta * p + (1 - beta) * q (GKD's JSD(beta))."""
     log_q, log_p = F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1)
     log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log(1 - beta)]), dim=0)
-    return (beta * (log_p.exp() * (log_p - log_m)).sum(-1)
-            + (1 - beta) * (log_q.exp() * (log_q - log_m)).sum(-1))
+    return beta * (log_p.exp() * (log_p - log_m)).sum(-1) + (1 - beta) * (log_q.exp() * (log_q - log_m)).sum(-1)
 
 
 DIVERGENCES = {"reverse_kl": reverse_kl, "forward_kl": forward_kl, "jsd": jsd}

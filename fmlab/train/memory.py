@@ -7,6 +7,7 @@ activation checkpointing only every n-th block's input is kept and one block is 
 Generation peak = weights + the static KV cache (regular layers only: KV-reuse layers keep none) + one
 step's logits. Device overhead (CUDA context, allocator slack, MPS caching) is added per device.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from fmlab.model.transformer import build_model
 from fmlab.train.losses import chunk_rows
 
 GiB = 2**30
-DEVICE_OVERHEAD = {"cpu": 0.25 * GiB, "cuda": 0.6 * GiB, "mps": 0.5 * GiB}   # runtime + allocator slack
+DEVICE_OVERHEAD = {"cpu": 0.25 * GiB, "cuda": 0.6 * GiB, "mps": 0.5 * GiB}  # runtime + allocator slack
 
 
 @dataclass
@@ -33,9 +34,14 @@ class Estimate:
         return self.weights + self.trainable_state + self.activations + self.head + self.overhead
 
     def rows(self) -> dict[str, float]:
-        return {"weights": self.weights, "LoRA grads + AdamW": self.trainable_state,
-                "activations": self.activations, "LM head": self.head, "device overhead": self.overhead,
-                "total": self.total}
+        return {
+            "weights": self.weights,
+            "LoRA grads + AdamW": self.trainable_state,
+            "activations": self.activations,
+            "LM head": self.head,
+            "device overhead": self.overhead,
+            "total": self.total,
+        }
 
 
 def _param_counts(cfg: ModelConfig) -> tuple[int, int, int]:
@@ -61,13 +67,17 @@ def activation_bytes_per_token(cfg: ModelConfig, reuse: bool, act: int, chunked_
     proj = q if reuse else q + 2 * kv
     rank = cfg.lora.rank if cfg.lora else 0
     n_lora = (1 if reuse else 3) + 1 + 2 + 1 if cfg.lora else 0
-    return (4 * C * 2                    # residual inputs of both norms (fp32)
-            + act * C * 2                # normed inputs to attention and MLP projections
-            + act * proj + 4 * (q + kv) * 2   # projection output; RoPE / QK-norm in fp32
-            + act * q * 2                # attention output and its logsumexp-sized state
-            + act * 2 * F + act * F * 2  # gate/up output, silu, product (input to down)
-            + act * rank * n_lora        # LoRA x @ A intermediates
-            + attention_probability_bytes(cfg, chunked_seq_len, act))
+    return (
+        4 * C * 2  # residual inputs of both norms (fp32)
+        + act * C * 2  # normed inputs to attention and MLP projections
+        + act * proj
+        + 4 * (q + kv) * 2  # projection output; RoPE / QK-norm in fp32
+        + act * q * 2  # attention output and its logsumexp-sized state
+        + act * 2 * F
+        + act * F * 2  # gate/up output, silu, product (input to down)
+        + act * rank * n_lora  # LoRA x @ A intermediates
+        + attention_probability_bytes(cfg, chunked_seq_len, act)
+    )
 
 
 def attention_probability_bytes(cfg: ModelConfig, seq_len: int, act: int) -> int:
@@ -78,9 +88,16 @@ def attention_probability_bytes(cfg: ModelConfig, seq_len: int, act: int) -> int
     return cfg.num_heads * (seq_len + CHUNK) // 2 * (4 + (act if act != 4 else 0))
 
 
-def estimate_training(cfg: ModelConfig, batch_size: int, seq_len: int, precision: str = "bf16-mixed",
-                      activation_checkpointing: bool = False, every_n: int = 2, device: str = "cuda",
-                      target_fraction: float = 0.7) -> Estimate:
+def estimate_training(
+    cfg: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    precision: str = "bf16-mixed",
+    activation_checkpointing: bool = False,
+    every_n: int = 2,
+    device: str = "cuda",
+    target_fraction: float = 0.7,
+) -> Estimate:
     mats, vecs, lora = _param_counts(cfg)
     frozen_bytes = 2 if precision in ("bf16-mixed", "bf16") else 4
     act = 2 if precision in ("bf16-mixed", "bf16", "f16-mixed") else 4
@@ -88,14 +105,15 @@ def estimate_training(cfg: ModelConfig, batch_size: int, seq_len: int, precision
     trainable_state = lora * 16
     tokens = batch_size * seq_len
     chunked = seq_len if device == "cpu" and chunks_pay_off(batch_size, cfg.num_heads, seq_len) else 0
-    per_block = [activation_bytes_per_token(cfg, i >= cfg.num_regular_layers, act, chunked)
-                 for i in range(cfg.num_layers)]
+    per_block = [
+        activation_bytes_per_token(cfg, i >= cfg.num_regular_layers, act, chunked) for i in range(cfg.num_layers)
+    ]
     if activation_checkpointing:
         kept = sum(4 * cfg.hidden_dim if i % every_n == 0 else per_block[i] for i in range(cfg.num_layers))
         activations = tokens * (kept + max(per_block) * every_n)
     else:
         activations = tokens * sum(per_block)
-    kv_export = tokens * 2 * cfg.num_kv_heads * cfg.head_dim * act            # K/V shared with segment_1
+    kv_export = tokens * 2 * cfg.num_kv_heads * cfg.head_dim * act  # K/V shared with segment_1
     targets = int(tokens * target_fraction)
     # token_loss (linear_ce): the target rows and their saved gradient, plus one chunk of fp32 logits and
     # their compute-dtype gradient at a time; no (targets, vocab) tensor outlives the forward
@@ -104,8 +122,9 @@ def estimate_training(cfg: ModelConfig, batch_size: int, seq_len: int, precision
     return Estimate(weights, trainable_state, activations + kv_export, head, DEVICE_OVERHEAD.get(device, 0))
 
 
-def estimate_generation(cfg: ModelConfig, batch_size: int, context: int, precision: str = "bf16-mixed",
-                        device: str = "cuda") -> Estimate:
+def estimate_generation(
+    cfg: ModelConfig, batch_size: int, context: int, precision: str = "bf16-mixed", device: str = "cuda"
+) -> Estimate:
     mats, vecs, lora = _param_counts(cfg)
     weight_bytes = 2 if precision in ("bf16", "bf16-mixed") else 4
     weights = (mats + lora) * weight_bytes + vecs * 4

@@ -12,6 +12,7 @@ teacher's top-k tokens and "any other token". That is exact when "any other" is 
 than the full divergence (coarsening cannot increase an f-divergence), and close to it when the teacher
 is confident. Only temperature 1 can be cached: a temperature changes the teacher's whole softmax.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,10 @@ def teacher_fingerprint(teacher) -> list[float]:
     """A cheap identity of the teacher's weights (sums and norms), stored with the cache: a cache written
     for another adapter or base is not reused."""
     with torch.no_grad():
-        return [round(float(sum(p.double().sum() for p in teacher.parameters())), 6),
-                round(float(sum(p.double().square().sum() for p in teacher.parameters())), 6)]
+        return [
+            round(float(sum(p.double().sum() for p in teacher.parameters())), 6),
+            round(float(sum(p.double().square().sum() for p in teacher.parameters())), 6),
+        ]
 
 
 class TeacherTopK:
@@ -47,7 +50,7 @@ class TeacherTopK:
         if self.path and self.path.exists():
             try:
                 state = torch.load(self.path, map_location="cpu", weights_only=True)
-            except Exception as err:      # truncated or not a torch file: only a cache, so start again
+            except Exception as err:  # truncated or not a torch file: only a cache, so start again
                 state = {"identity": f"unreadable ({type(err).__name__})"}
             if state.get("identity") == self.identity:
                 self.docs = state["docs"]
@@ -77,16 +80,18 @@ class TeacherTopK:
             return None
         self.hits += 1
         found = [self.docs[key] for key, _ in documents]
-        return (torch.cat([f[0].float() for f in found]).to(device),      # (CPU autocast refuses fp16 cat)
-                torch.cat([f[1].long() for f in found]).to(device))
+        return (
+            torch.cat([f[0].float() for f in found]).to(device),  # (CPU autocast refuses fp16 cat)
+            torch.cat([f[1].long() for f in found]).to(device),
+        )
 
     def store(self, documents: list[tuple[str, int]], teacher_logits: torch.Tensor):
         """Top-k of the teacher's logits at the targets of `documents` (rows in `hidden[mask]` order)."""
-        k = min(self.k, teacher_logits.shape[-1] - 1)           # "the rest" must hold a token
+        k = min(self.k, teacher_logits.shape[-1] - 1)  # "the rest" must hold a token
         logp, ids = coarse_teacher(teacher_logits, k)
         start = 0
         for key, n in documents:
-            self.docs[key] = (logp[start:start + n].half().cpu(), ids[start:start + n].int().cpu())
+            self.docs[key] = (logp[start : start + n].half().cpu(), ids[start : start + n].int().cpu())
             start += n
         return logp, ids
 
