@@ -17,6 +17,7 @@ import json
 
 import torch
 
+from fmlab.data.chat_template import IGNORE
 from fmlab.model.config import LoRAConfig
 from fmlab.model.lora import mark_only_lora_trainable
 from fmlab.model.precision import cast_frozen
@@ -79,8 +80,8 @@ def make_batch(vocab: int, batch: int, seq: int, prompt_fraction: float = 0.3):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, vocab, (batch, seq), generator=g)
     labels = ids.clone()
-    labels[:, : int(seq * prompt_fraction)] = -100  # assistant-only loss, as in adapter training
-    shifted = torch.full_like(labels, -100)
+    labels[:, : int(seq * prompt_fraction)] = IGNORE  # assistant-only loss, as in adapter training
+    shifted = torch.full_like(labels, IGNORE)
     shifted[:, :-1] = labels[:, 1:]  # fmlab/Apple labels are pre-shifted
     return {"input_ids": ids, "labels": labels, "shifted": shifted}
 

@@ -21,7 +21,7 @@ from fmlab.checkpoints.run_dir import verify_recorded
 from fmlab.errors import FmlabError
 from fmlab.files import atomic_torch_save, atomic_write
 from fmlab.model.config import LoRAConfig, ModelConfig
-from fmlab.model.lora import is_lora_name, lora_state_dict
+from fmlab.model.lora import is_lora_b, is_lora_name, lora_state_dict
 from fmlab.model.transformer import build_model
 
 _LORA_INDEX = {"q": 0, "k": 1, "v": 2}
@@ -109,7 +109,7 @@ def _check_keys(present, expected, source):
 
 def from_apple(state: dict, cfg: ModelConfig, source: str = "state dict", lora_only: bool = False) -> dict:
     """Apple-keyed tensors → fmlab-keyed state dict. Strict: key or shape differences are errors."""
-    entries = [e for e in apple_key_map(cfg) if not lora_only or ".lora_" in e.fmlab]
+    entries = [e for e in apple_key_map(cfg) if not lora_only or is_lora_name(e.fmlab)]
     by_key = {_canonical(k): v for k, v in state.items()}
     _check_keys(by_key, {_canonical(e.apple) for e in entries}, source)
     pieces: dict[str, list] = OrderedDict()
@@ -123,7 +123,6 @@ def from_apple(state: dict, cfg: ModelConfig, source: str = "state dict", lora_o
 
 
 def _check_shapes(state: dict, cfg: ModelConfig, source: str):
-
     reference = build_model(cfg, device="meta").state_dict()
     wrong = [
         f"{k}: file {tuple(v.shape)} vs model {tuple(reference[k].shape)}"
@@ -139,7 +138,7 @@ def to_apple(state: dict, cfg: ModelConfig, lora_only: bool = False) -> OrderedD
     never drags its whole fused storage into the file)."""
     out = OrderedDict()
     for e in apple_key_map(cfg):
-        if lora_only and ".lora_" not in e.fmlab:
+        if lora_only and not is_lora_name(e.fmlab):
             continue
         if e.apple == "output_transform.weight":
             out[e.apple] = out["embedding.weight"]  # tied: torch.save stores the storage once
@@ -247,7 +246,7 @@ def load_adapter(model, path: str | Path) -> None:
 
 def warn_if_lora_nonzero(state: dict, source: str) -> None:
     """A base file should carry an untrained adapter (B = 0); say so if it does not."""
-    nonzero = [k for k, v in state.items() if ".lora_b." in k and bool(v.any())]
+    nonzero = [k for k, v in state.items() if is_lora_b(k) and bool(v.any())]
     if nonzero:
         warnings.warn(
             f"{source}: {len(nonzero)} LoRA B tensor(s) are non-zero, so the base already "

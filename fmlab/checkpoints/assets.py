@@ -25,6 +25,7 @@ from fmlab.model.transformer import Transformer, build_model
 BASE_CONFIG, BASE_WEIGHTS = "base-model-config.json", "base-model.pt"
 DRAFT_CONFIG, DRAFT_WEIGHTS = "draft-model-config.json", "draft-model.pt"
 TOKENIZER = "tokenizer.model"
+ASSET_FILES = (BASE_CONFIG, BASE_WEIGHTS, DRAFT_CONFIG, DRAFT_WEIGHTS, TOKENIZER)
 
 
 def _require(directory: Path, name: str) -> Path:
@@ -102,9 +103,10 @@ def load_tokenizer(assets: str | Path | None = None):
 REPO_ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
 
-def assets_dir(path: str | os.PathLike | None = None) -> Path:
-    """The assets directory in use: an explicit path, else $FMLAB_ASSETS, else the embedded default."""
+def assets_dir(path: str | os.PathLike | None = None, must_exist: bool = True) -> Path:
+    """The assets directory in use: an explicit path, else $FMLAB_ASSETS, else the embedded default.
+    `must_exist=False` is for reports (doctor, info) that describe a missing directory instead of failing."""
     chosen = Path(path or os.environ.get("FMLAB_ASSETS") or REPO_ASSETS).expanduser()
-    if not chosen.is_dir():
+    if must_exist and not chosen.is_dir():
         raise FmlabError(f"assets directory {chosen} does not exist (set --assets or FMLAB_ASSETS)")
     return chosen

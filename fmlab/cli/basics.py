@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from fmlab.checkpoints.assets import BASE_CONFIG, assets_dir
+from fmlab.checkpoints.assets import BASE_CONFIG, TOKENIZER, assets_dir
 from fmlab.data.dataset import describe, tokenize_dataset
 from fmlab.data.tokenizer import Tokenizer
 from fmlab.data.validate import DataError, read_messages
@@ -25,7 +25,6 @@ def add_info(sub):
 
 
 def cmd_info(args):
-
     for key, value in environment_report(args.assets).items():
         print(f"{key:>16}: {value}")
 
@@ -39,7 +38,6 @@ def add_doctor(sub):
 
 
 def cmd_doctor(args):
-
     checks = run_checks(args.assets, args.checkpoint_dir, args.keep_best)
     print(table(checks))
     return 1 if any(c.status == FAIL for c in checks) else 0
@@ -53,7 +51,6 @@ def add_demo(sub):
 
 
 def cmd_demo(args):
-
     timings = run_notebooks(smoke=args.smoke, only=args.only)
     for row in timings:
         print(f"{row['notebook']:>24}: {row['seconds']:7.1f} s")
@@ -69,7 +66,6 @@ def add_build_assets(sub):
 
 
 def cmd_build_assets(args):
-
     manifest = build_assets(args.out or REPO_ASSETS, Recipe(seed=args.seed), work=args.work)
     print(
         f"built {manifest['name']} in {manifest['seconds']['total_s']:.0f} s; "
@@ -89,7 +85,6 @@ def add_estimate(sub):
 
 
 def cmd_estimate(args):
-
     cfg = preset(args.preset) if args.preset else from_tamm_json(assets_dir(args.assets) / BASE_CONFIG)
     print(
         f"model: {cfg.num_layers} layers ({cfg.num_kv_reuse_layers} KV-reuse), hidden {cfg.hidden_dim}, "
@@ -144,7 +139,7 @@ def cmd_validate_data(args):
     if errors:
         raise DataError(errors)
     try:  # an explicit --assets must exist; the default may not be built yet
-        tokenizer_path = assets_dir(args.assets) / "tokenizer.model"
+        tokenizer_path = assets_dir(args.assets) / TOKENIZER
     except FmlabError:
         if args.assets:
             raise

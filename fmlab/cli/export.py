@@ -41,7 +41,6 @@ def add_export(sub):
 
 
 def cmd_export(args):
-
     log = (lambda *_: None) if args.quiet else print
     path = export_fmadapter(
         args.output_dir,

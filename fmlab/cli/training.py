@@ -15,6 +15,8 @@ from fmlab.train.loop import TrainConfig
 
 # --- training (adapters and drafts share the loop and most flags) -----------------------------------
 
+TRAIN, DATA = TrainConfig(), DataConfig()  # the flags' defaults are the library's, declared once there
+
 
 def _training_flags(p, draft: bool = False):
     """Apple's training flags (train_adapter.py / train_draft_model.py) plus fmlab's own."""
@@ -22,44 +24,49 @@ def _training_flags(p, draft: bool = False):
     p.add_argument("--assets", help="assets directory (default: $FMLAB_ASSETS or the embedded fmlab-tiny)")
     p.add_argument("--train-data", required=True, help="chat JSONL for training")
     p.add_argument("--eval-data", help="chat JSONL for evaluation (else checkpoints rank by train loss)")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("-lr", "--learning-rate", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=TRAIN.epochs)
+    p.add_argument("-lr", "--learning-rate", type=float, default=TRAIN.learning_rate)
     p.add_argument(
         "--warmup-epochs",
         type=float,
         default=None,
         help="linear warmup length in epochs (Apple's flag); default: --warmup-fraction",
     )
-    p.add_argument("--warmup-fraction", type=float, default=0.1, help="warmup as a fraction of all steps")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    p.add_argument(
+        "--warmup-fraction", type=float, default=TRAIN.warmup_fraction, help="warmup as a fraction of all steps"
+    )
+    p.add_argument("--batch-size", type=int, default=TRAIN.batch_size)
+    p.add_argument("--gradient-accumulation-steps", type=int, default=TRAIN.gradient_accumulation_steps)
     p.add_argument("--activation-checkpointing", action="store_true")
     if draft:
-        p.add_argument("--target-precision", default="bf16-mixed", choices=PRECISIONS)
-        p.add_argument("--draft-precision", default="bf16-mixed", choices=PRECISIONS)
+        p.add_argument("--target-precision", default=TRAIN.precision, choices=PRECISIONS)
+        p.add_argument("--draft-precision", default=TRAIN.precision, choices=PRECISIONS)
         p.add_argument("--compile-target-model", action="store_true")
         p.add_argument("--compile-draft-model", action="store_true")
     else:
-        p.add_argument("--precision", default="bf16-mixed", choices=PRECISIONS)
+        p.add_argument("--precision", default=TRAIN.precision, choices=PRECISIONS)
         p.add_argument("--compile-model", action="store_true", help="torch.compile the model (CPU and CUDA)")
-    p.add_argument("--weight-decay", type=float, default=1e-2)
-    p.add_argument("--clip-grad-norm", type=float, default=1.0)
-    p.add_argument("--max-sequence-length", type=int, default=None)
+    p.add_argument("--weight-decay", type=float, default=TRAIN.weight_decay)
+    p.add_argument("--clip-grad-norm", type=float, default=TRAIN.clip_grad_norm)
+    p.add_argument("--max-sequence-length", type=int, default=DATA.max_sequence_length)
     p.add_argument("--fixed-sized-sequences", action="store_true")
     p.add_argument("--pack-sequences", action="store_true")
-    p.add_argument("--loss-update-frequency", type=int, default=3, help="progress-bar refresh, in steps")
+    p.add_argument(
+        "--loss-update-frequency", type=int, default=TRAIN.loss_update_frequency, help="progress-bar refresh, in steps"
+    )
     p.add_argument("--checkpoint-dir", required=True)
-    p.add_argument("--checkpoint-frequency", type=int, default=1, help="save a candidate every N epochs")
-    p.add_argument("--keep-best", type=int, default=2, help="checkpoints kept, best by eval loss")
+    p.add_argument(
+        "--checkpoint-frequency", type=int, default=TRAIN.checkpoint_frequency, help="save a candidate every N epochs"
+    )
+    p.add_argument("--keep-best", type=int, default=TRAIN.keep_best, help="checkpoints kept, best by eval loss")
     p.add_argument("--eval-every", type=int, default=None, help="also evaluate every N optimizer steps")
     p.add_argument("--save-every", type=int, default=None, help="write the resume state every N steps")
     p.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/last.pt exactly")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=TRAIN.seed)
     p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
 
 
 def _train_config(args, prefix: str, precision: str, compile_model: bool, schedule: str, every_n: int):
-
     return TrainConfig(
         epochs=args.epochs,
         learning_rate=args.learning_rate,
@@ -84,8 +91,11 @@ def _train_config(args, prefix: str, precision: str, compile_model: bool, schedu
 
 
 def _data_config(args):
-
-    return DataConfig(args.max_sequence_length, args.pack_sequences, args.fixed_sized_sequences)
+    return DataConfig(
+        max_sequence_length=args.max_sequence_length,
+        pack_sequences=args.pack_sequences,
+        fixed_sized_sequences=args.fixed_sized_sequences,
+    )
 
 
 def add_train_adapter(sub):
@@ -98,7 +108,6 @@ def add_train_adapter(sub):
 
 
 def cmd_train_adapter(args):
-
     lora = None
     if args.lora_rank or args.lora_alpha:
         base = from_tamm_json(assets_dir(args.assets) / BASE_CONFIG).lora or LoRAConfig()
@@ -162,7 +171,6 @@ def add_train_draft(sub):
 
 
 def cmd_train_draft(args):
-
     config = _train_config(args, "draft-model", args.draft_precision, args.compile_draft_model, "constant", 1)
     prompts = None
     source = args.score_prompts or args.eval_data

@@ -152,7 +152,6 @@ def import_coremltools():
 
 
 def _lut_function(nbits: int):
-
     def lut_function(values: np.ndarray):
         lut, idx = kmeans_1d(torch.from_numpy(values.astype(np.float32).reshape(1, -1)), 1 << nbits)
         return lut[0].numpy().astype(values.dtype), idx[0].numpy().astype(np.uint8)

@@ -212,6 +212,5 @@ def read_filled(path: Path, spec_path: Path, cfg: ModelConfig, reference: dict |
 
 
 def _mil_shapes(cfg: ModelConfig) -> dict[str, tuple]:
-
     meta = build_model(cfg, device="meta").state_dict()
     return {k: v.shape for k, v in to_mil({k: v for k, v in meta.items()}, cfg).items()}

@@ -33,7 +33,7 @@ from fmlab.checkpoints.apple_format import (
     load_torch,
     read_adapter,
 )
-from fmlab.checkpoints.assets import assets_dir
+from fmlab.checkpoints.assets import BASE_CONFIG, BASE_WEIGHTS, DRAFT_CONFIG, assets_dir
 from fmlab.checkpoints.run_dir import best_checkpoint, read_manifest
 from fmlab.errors import FmlabError
 from fmlab.export.coreml_draft import export_coreml_draft, import_coremltools
@@ -41,6 +41,7 @@ from fmlab.export.draft_template import fill_template, template_files
 from fmlab.export.mil_blob import BlobWriter, read_blob, read_index
 from fmlab.files import file_sha
 from fmlab.model.config import PRESETS, ModelConfig, from_tamm_json, to_tamm_json
+from fmlab.model.lora import is_lora_b, is_lora_name
 
 BASE_SIGNATURE = "9799725ff8e851184037110b422d891ad3b92ec1"  # Apple's afm-3b (constants.py)
 APPLE_RANK, APPLE_ALPHA = 32, 16.0
@@ -110,7 +111,7 @@ def check_runtime_lora(cfg: ModelConfig) -> None:
 def default_signature(cfg: ModelConfig, assets: Path) -> str:
     """Apple's signature for afm-3b; for any other base, the sha1 of its `base-model.pt` (40 hex
     digits like Apple's), so an adapter names the exact base it was trained on."""
-    return BASE_SIGNATURE if is_afm_3b(cfg) else file_sha(assets / "base-model.pt", "sha1")
+    return BASE_SIGNATURE if is_afm_3b(cfg) else file_sha(assets / BASE_WEIGHTS, "sha1")
 
 
 def check_signature(signature: str) -> str:
@@ -186,11 +187,11 @@ def adapter_layout(cfg: ModelConfig) -> list[AdapterTensor]:
     heads = {"q": cfg.num_heads, "k": cfg.num_kv_heads}
     layout = []
     for e in apple_key_map(cfg):
-        if ".lora_" not in e.fmlab:
+        if not is_lora_name(e.fmlab):
             continue
         part = e.fmlab.rsplit(".", 1)[1]
         d_in, d_out = dims[part]
-        is_b = ".lora_b." in e.fmlab
+        is_b = is_lora_b(e.fmlab)
         shape = (d_out, r) if is_b else (r, d_in)
         layout.append(AdapterTensor(e.apple, e.fmlab, shape, heads.get(part, 0) if is_b else 0))
     return layout
@@ -293,7 +294,7 @@ def export_fmadapter(
     or a draft run directory); returns the package path."""
     name = check_adapter_name(adapter_name)
     assets = assets_dir(assets).resolve()
-    cfg = from_tamm_json(assets / "base-model-config.json")
+    cfg = from_tamm_json(assets / BASE_CONFIG)
     check_runtime_lora(cfg)
     if num_draft_tokens < 1:
         raise FmlabError(f"--num-draft-tokens must be at least 1, got {num_draft_tokens}")
@@ -306,7 +307,7 @@ def export_fmadapter(
         if coreml:
             import_coremltools()  # fail before writing anything when it is missing
 
-        draft_cfg = from_tamm_json(assets / "draft-model-config.json")
+        draft_cfg = from_tamm_json(assets / DRAFT_CONFIG)
         if draft_cfg.vocab_size != cfg.vocab_size:
             raise FmlabError(f"draft vocabulary {draft_cfg.vocab_size} differs from the base's {cfg.vocab_size}")
         draft = (draft_cfg, load_draft_state(draft_checkpoint, draft_cfg), template_files(assets))

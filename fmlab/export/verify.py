@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from fmlab.checkpoints.apple_format import read_adapter
-from fmlab.checkpoints.assets import assets_dir, load_base, load_tokenizer
+from fmlab.checkpoints.assets import BASE_CONFIG, DRAFT_CONFIG, TOKENIZER, assets_dir, load_base, load_tokenizer
 from fmlab.errors import FmlabError
 from fmlab.export.coreml_draft import read_coreml_draft
 from fmlab.export.draft_template import MIL, SPEC, read_filled
@@ -47,6 +47,7 @@ from fmlab.infer.generate import encode_prompts, stop_ids
 from fmlab.infer.sampling import Sampling
 from fmlab.infer.speculative import speculative_generate
 from fmlab.model.config import from_tamm_json
+from fmlab.model.lora import is_lora_b
 from fmlab.model.transformer import build_model
 
 PROMPTS = [
@@ -115,7 +116,6 @@ def _check_metadata(report: Report, package: Path, stem: str) -> dict:
 
 
 def _check_blobs(report: Report, path: Path, cfg) -> None:
-
     layout = adapter_layout(cfg)
     entries = read_index(path)  # header, sentinels, alignment, data right after metadata
     expected = 64
@@ -163,7 +163,7 @@ def _compare_logits(report: Report, model, src: dict, pkg: dict, vocab: int) -> 
             params[k].copy_(v)
         return model(ids).float()
 
-    base = logits_with({k: torch.zeros_like(v) for k, v in src.items() if ".lora_b." in k})
+    base = logits_with({k: torch.zeros_like(v) for k, v in src.items() if is_lora_b(k)})
     ref, got = logits_with(src), logits_with(pkg)
     diff = float((ref - got).abs().max())
     scale = float(ref.abs().max())
@@ -183,7 +183,7 @@ def _compare_logits(report: Report, model, src: dict, pkg: dict, vocab: int) -> 
 
 
 def _prompts(assets: Path, n: int, vocab: int) -> tuple[list[list[int]], set[int]]:
-    if (assets / "tokenizer.model").is_file():
+    if (assets / TOKENIZER).is_file():
         tok = load_tokenizer(assets)
         return encode_prompts(tok, PROMPTS[:n]), stop_ids(tok)
     g = torch.Generator().manual_seed(0)
@@ -213,9 +213,8 @@ def _check_drafts(
     num_prompts: int,
     max_new_tokens: int,
 ) -> None:
-
     variants = {}
-    draft_cfg = from_tamm_json(assets / "draft-model-config.json")
+    draft_cfg = from_tamm_json(assets / DRAFT_CONFIG)
     src_path = _source(report, manifest, "draft_checkpoint", draft_checkpoint)
     if src_path is None:
         report.add("draft", None, "no source draft checkpoint to compare with")
@@ -310,7 +309,7 @@ def verify_fmadapter(
         report.add("manifest", None, f"no {MANIFEST} (not written by fmlab)")
     meta = _check_metadata(report, package, stem)
     assets = assets_dir(assets or manifest.get("assets")).resolve()
-    cfg = from_tamm_json(assets / "base-model-config.json")
+    cfg = from_tamm_json(assets / BASE_CONFIG)
     report.add(
         "loraRank matches the base config",
         meta.get("loraRank") == cfg.lora.rank,

@@ -30,7 +30,7 @@ from fmlab.checkpoints.run_dir import best_checkpoint, read_manifest
 from fmlab.errors import FmlabError
 from fmlab.infer.generate import generate
 from fmlab.infer.sampling import Sampling
-from fmlab.model.lora import lora_modules, merge_lora, unmerge_lora
+from fmlab.model.lora import is_lora_b, is_lora_name, lora_modules, merge_lora, unmerge_lora
 
 BASE = "base"
 COLUMNS = [
@@ -101,7 +101,7 @@ def adapter_swapping(model):
 
     merged = any(m.merged for m in lora_modules(model))
     unmerge_lora(model)  # swapping B under a merged weight would double-count it
-    saved = {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_" in n}
+    saved = {n: p.detach().clone() for n, p in model.named_parameters() if is_lora_name(n)}
 
     @torch.no_grad()
     def restore():
@@ -128,7 +128,7 @@ def use_adapter(model, adapter: str | Path | None) -> None:
     if adapter is None:
         with torch.no_grad():
             for n, p in model.named_parameters():
-                if ".lora_b." in n:
+                if is_lora_b(n):
                     p.zero_()
         return
     path = Path(adapter)

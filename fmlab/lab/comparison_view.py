@@ -47,7 +47,6 @@ class ComparisonView:
         threshold: float = 0.5,
         live: bool | None = None,
     ):
-
         self.models, self.tokenizer, self.prompts = dict(models), tokenizer, list(prompts)
         self.results, self.base_model, self.assets = results, base_model, assets
         self.max_new_tokens, self.score_fn, self.threshold = max_new_tokens, score_fn, threshold
@@ -81,7 +80,6 @@ class ComparisonView:
         return self.results
 
     def _summary_html(self, results) -> str:
-
         table = summary(results, BASE, self.threshold)
         return table.to_html(float_format=lambda v: f"{v:.3f}", border=0)
 
@@ -141,7 +139,6 @@ class ComparisonView:
         ]
 
     def _fill(self, results) -> None:
-
         for r in results.itertuples():
             if r.model in self.columns:
                 score = "" if r.score != r.score else f"score {r.score:.2f} · "  # NaN check

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import re
 import shutil
 import sys
@@ -23,22 +22,24 @@ from fmlab.checkpoints.apple_format import (
     apple_key_map,
     load_torch,
 )
-from fmlab.checkpoints.assets import REPO_ASSETS
+from fmlab.checkpoints.assets import (
+    ASSET_FILES,
+    BASE_CONFIG,
+    BASE_WEIGHTS,
+    DRAFT_CONFIG,
+    DRAFT_WEIGHTS,
+    TOKENIZER,
+    assets_dir,
+)
 from fmlab.data.tokenizer import Tokenizer
 from fmlab.errors import FmlabError
 from fmlab.files import file_sha
 from fmlab.model.config import from_tamm_json
+from fmlab.model.lora import is_lora_name
 from fmlab.model.precision import bf16_supported, resolve_device
 from fmlab.model.transformer import build_model
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
-ASSET_FILES = (
-    "base-model-config.json",
-    "base-model.pt",
-    "draft-model-config.json",
-    "draft-model.pt",
-    "tokenizer.model",
-)
 TEMPLATE_FILES = ("checkpoint_spec.yaml", "weights_template.bin", "draft.mil")
 
 # name: (minimum, below (exclusive), required, what needs it)
@@ -120,9 +121,9 @@ def planned_bytes(assets: Path, keep_best: int) -> dict[str, int]:
     """Disk a full workflow writes: an adapter run (best N + final + a resume state with Adam's two
     moments), a draft run likewise, and one export (fp16 adapter + draft)."""
 
-    cfg = from_tamm_json(assets / "base-model-config.json")
-    lora = sum(p.numel() for n, p in build_model(cfg, device="meta").named_parameters() if ".lora_" in n)
-    draft = (assets / "draft-model.pt").stat().st_size
+    cfg = from_tamm_json(assets / BASE_CONFIG)
+    lora = sum(p.numel() for n, p in build_model(cfg, device="meta").named_parameters() if is_lora_name(n))
+    draft = (assets / DRAFT_WEIGHTS).stat().st_size
     return {
         "adapter run": 4 * lora * (keep_best + 1 + 3),
         "draft run": draft * (keep_best + 1 + 3),
@@ -172,7 +173,6 @@ def _check_weights(path: Path, config: Path) -> str | None:
 
 
 def check_assets(assets: Path) -> list[Check]:
-
     fix = "point --assets (or FMLAB_ASSETS) at a complete assets directory, e.g. the toolkit's assets/"
     if not assets.is_dir():
         return [Check("assets", FAIL, f"{assets} is not a directory", fix)]
@@ -200,7 +200,7 @@ def check_assets(assets: Path) -> list[Check]:
     )
     rows += _check_manifest(assets)
     configs = {}
-    for name in ("base-model-config.json", "draft-model-config.json"):
+    for name in (BASE_CONFIG, DRAFT_CONFIG):
         if (assets / name).is_file():
             try:
                 configs[name] = from_tamm_json(assets / name)
@@ -209,16 +209,16 @@ def check_assets(assets: Path) -> list[Check]:
                 rows.append(Check(name, FAIL, str(err), fix))
     if len(configs) == 2 and len({c.vocab_size for c in configs.values()}) == 2:
         rows.append(Check("vocabularies", FAIL, "base and draft configs differ in vocab_size", fix))
-    if (assets / "tokenizer.model").is_file():
+    if (assets / TOKENIZER).is_file():
         try:
-            tokenizer = Tokenizer.from_file(assets / "tokenizer.model")
-            base = configs.get("base-model-config.json")
+            tokenizer = Tokenizer.from_file(assets / TOKENIZER)
+            base = configs.get(BASE_CONFIG)
             if base and tokenizer.vocab_size > base.vocab_size:
                 raise FmlabError(f"{tokenizer.vocab_size} pieces but base vocab_size {base.vocab_size}")
-            rows.append(Check("tokenizer.model", OK, f"{tokenizer.vocab_size} pieces, special pieces present"))
+            rows.append(Check(TOKENIZER, OK, f"{tokenizer.vocab_size} pieces, special pieces present"))
         except FmlabError as err:
-            rows.append(Check("tokenizer.model", FAIL, str(err), fix))
-    for weights, config in (("base-model.pt", "base-model-config.json"), ("draft-model.pt", "draft-model-config.json")):
+            rows.append(Check(TOKENIZER, FAIL, str(err), fix))
+    for weights, config in ((BASE_WEIGHTS, BASE_CONFIG), (DRAFT_WEIGHTS, DRAFT_CONFIG)):
         if (assets / weights).is_file() and config in configs:
             try:
                 problem = _check_weights(assets / weights, assets / config)
@@ -263,7 +263,7 @@ def _check_manifest(assets: Path) -> list[Check]:
 
 
 def run_checks(assets: str | Path | None = None, out_dir: str | Path = "out", keep_best: int = 2) -> list[Check]:
-    assets = Path(assets or os.environ.get("FMLAB_ASSETS") or REPO_ASSETS).expanduser()
+    assets = assets_dir(assets, must_exist=False)
     checks = [check_python(), *(check_package(name) for name in PACKAGES), *check_devices()]
     checks += check_assets(assets)
     checks.append(check_disk(Path(out_dir).expanduser().resolve(), assets, keep_best))

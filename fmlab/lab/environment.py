@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from fmlab import __version__
-from fmlab.checkpoints.assets import REPO_ASSETS
+from fmlab.checkpoints.assets import assets_dir
 from fmlab.model.precision import bf16_supported, resolve_device
 from fmlab.model.transformer import count_parameters
 
@@ -37,10 +37,8 @@ def package_versions() -> dict[str, str]:
 
 
 def environment_report(assets: str | Path | None = None) -> dict[str, str]:
-    import os
-
     device = resolve_device()
-    chosen = Path(assets or os.environ.get("FMLAB_ASSETS") or REPO_ASSETS)
+    chosen = assets_dir(assets, must_exist=False)
     report = {"fmlab": __version__, "python": platform.python_version(), "platform": platform.platform()}
     report.update(package_versions())
     report.update(

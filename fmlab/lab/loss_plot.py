@@ -137,7 +137,6 @@ class LiveLossPlot:
         return buf.getvalue()
 
     def save(self, path: str | Path | None = None, png: bytes | None = None) -> Path | None:
-
         path = Path(path) if path else self.path
         if path is None:
             return None

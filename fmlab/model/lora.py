@@ -176,7 +176,13 @@ def lora_modules(model: nn.Module) -> list[LoRALinear]:
 
 
 def is_lora_name(name: str) -> bool:
+    """Is this parameter name a LoRA tensor (A or B)? The one test, for state dicts and key maps."""
     return ".lora_a." in name or ".lora_b." in name
+
+
+def is_lora_b(name: str) -> bool:
+    """A LoRA B tensor: zero in a fresh adapter, so zeroing all of them gives the base model."""
+    return ".lora_b." in name
 
 
 def mark_only_lora_trainable(model: nn.Module) -> dict[str, int]:

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from fmlab.model.attention import attend
 from fmlab.model.config import ModelConfig
 from fmlab.model.kv_cache import KVCache, layout_from_segments
-from fmlab.model.lora import Linear, apply_lora, linear
+from fmlab.model.lora import Linear, apply_lora, is_lora_name, linear
 
 
 class RMSNorm(nn.Module):
@@ -281,7 +281,7 @@ def count_parameters(model: Transformer) -> dict[str, int]:
     n0 = model.config.num_regular_layers
     counts = {"embedding": 0, "segment_0": 0, "segment_1": 0, "output_norm": 0, "lora": 0}
     for name, p in model.named_parameters():
-        if ".lora_" in name:
+        if is_lora_name(name):
             counts["lora"] += p.numel()
         elif name.startswith("layers."):
             counts["segment_0" if int(name.split(".")[1]) < n0 else "segment_1"] += p.numel()

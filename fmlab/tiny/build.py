@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from fmlab.checkpoints.apple_format import save_model, to_apple
-from fmlab.checkpoints.assets import REPO_ASSETS
-from fmlab.data.chat_template import render_text
+from fmlab.checkpoints.assets import BASE_CONFIG, BASE_WEIGHTS, DRAFT_CONFIG, DRAFT_WEIGHTS, REPO_ASSETS, TOKENIZER
+from fmlab.data.chat_template import IGNORE, render_text
 from fmlab.data.dataset import DatasetReport, TokenizedDataset, TokenizedSample
 from fmlab.data.packing import Batches
 from fmlab.data.tokenizer import train_tokenizer
@@ -80,11 +80,10 @@ class Recipe:
 def lm_sample(ids: list[int], where: str):
     """A language-modelling sample: every next token is a target (pre-shifted, Apple's label layout)."""
 
-    return TokenizedSample(ids, ids[1:] + [-100], where)
+    return TokenizedSample(ids, ids[1:] + [IGNORE], where)
 
 
 def pretraining_data(tokenizer, recipe: Recipe):
-
     samples = []
     for i, messages in enumerate(chat_samples(recipe.chat_samples, recipe.seed)):
         ids = [tokenizer.eos_id] + tokenizer.encode(render_text(messages))[1:]  # eos + template, no ▁
@@ -104,7 +103,6 @@ def pretraining_data(tokenizer, recipe: Recipe):
 def pretrain(
     config: ModelConfig, train_data, eval_data, epochs: int, lr: float, out: Path, seed: int, weight_decay: float = 0.01
 ):
-
     model = build_model(config, seed=seed)
     for name, p in model.named_parameters():
         p.requires_grad_(not is_lora_name(name))  # the base's adapter stays untrained (B = 0)
@@ -162,7 +160,6 @@ def write_model_files(model, directory: Path, config_name: str, weights_name: st
 
 
 def base_play_score(model, tokenizer, test_path: Path, limit: int = 100, max_new_tokens: int = 256) -> float:
-
     samples = read_messages(test_path)[:limit]
     prompts = [s.messages[:-1] for s in samples]
     outs = generate(
@@ -177,16 +174,13 @@ def build_assets(
     work: str | Path = "out/build-assets",
     data_dir: str | Path | None = None,
 ) -> dict:
-
     recipe = recipe or Recipe()
     out, work = Path(out), Path(work)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_dir) if data_dir else REPO_ASSETS.parent / "data"
     timings, t0 = {}, time.perf_counter()
     print("1/4 tokenizer", flush=True)
-    tokenizer = train_tokenizer(
-        tokenizer_texts(recipe.seed), out / "tokenizer.model", recipe.vocab_pieces, seed=recipe.seed
-    )
+    tokenizer = train_tokenizer(tokenizer_texts(recipe.seed), out / TOKENIZER, recipe.vocab_pieces, seed=recipe.seed)
     if tokenizer.vocab_size > recipe.base.vocab_size:
         raise RuntimeError(f"tokenizer has {tokenizer.vocab_size} pieces > model vocab {recipe.base.vocab_size}")
     timings["tokenizer_s"] = time.perf_counter() - t0
@@ -204,7 +198,7 @@ def build_assets(
         recipe.weight_decay,
     )
     calibrate_kv_ranges(base, eval_data[:4])
-    write_model_files(base, out, "base-model-config.json", "base-model.pt")
+    write_model_files(base, out, BASE_CONFIG, BASE_WEIGHTS)
     timings["base_s"] = time.perf_counter() - t
     print("3/4 draft", flush=True)
     t = time.perf_counter()
@@ -218,7 +212,7 @@ def build_assets(
         recipe.seed + 1,
         recipe.weight_decay,
     )
-    write_model_files(draft, out, "draft-model-config.json", "draft-model.pt")
+    write_model_files(draft, out, DRAFT_CONFIG, DRAFT_WEIGHTS)
     timings["draft_s"] = time.perf_counter() - t
     print("4/4 scoring the base on the play test split", flush=True)
     t = time.perf_counter()

@@ -59,7 +59,6 @@ class DistillLoss:
         self.cache = cache  # a teacher_cache.TeacherTopK: the teacher's top-k per document
 
     def _teacher_logits(self, batch, mask):
-
         device = batch["input_ids"].device
         ctx = (
             autocast(self.teacher_precision, device)

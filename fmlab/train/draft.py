@@ -40,7 +40,6 @@ def resolve_adapter(checkpoint: str | Path | None) -> Path | None:
 
 
 def load_teacher(assets=None, checkpoint=None, device="cpu"):
-
     adapter = resolve_adapter(checkpoint)
     if adapter is None:
         warnings.warn("no --checkpoint: distilling against the base without an adapter", stacklevel=2)

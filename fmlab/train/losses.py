@@ -93,7 +93,7 @@ def token_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
 
     hidden = model(batch["input_ids"], segment_ids=batch.get("segment_ids"), return_hidden=True)
     labels = batch["label_ids"]
-    keep = (labels != IGNORE) & (labels != 0)  # pad labels are ignored too, as Apple does
+    keep = target_mask(labels)
     return linear_cross_entropy(hidden[keep], unwrap(model).embedding.weight, labels[keep]), keep.sum()
 
 

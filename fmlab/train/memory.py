@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from fmlab.model.attention import CHUNK, chunks_pay_off
 from fmlab.model.config import ModelConfig
+from fmlab.model.lora import is_lora_name
 from fmlab.model.transformer import build_model
 from fmlab.train.losses import chunk_rows
 
@@ -50,7 +51,7 @@ def _param_counts(cfg: ModelConfig) -> tuple[int, int, int]:
     model = build_model(cfg, device="meta")
     mats = vecs = lora = 0
     for name, p in model.named_parameters():
-        if ".lora_" in name:
+        if is_lora_name(name):
             lora += p.numel()
         elif p.ndim == 2:
             mats += p.numel()
