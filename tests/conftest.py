@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import randomize_lora
 
 from fmlab.model.config import preset
 from fmlab.model.transformer import build_model
@@ -18,10 +19,7 @@ def tiny_config():
 def tiny_model(tiny_config):
     """A tiny AFM (2 regular + 2 KV-reuse layers) with a *non-zero* random adapter, so LoRA matters."""
     model = build_model(tiny_config, seed=0).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".lora_b." in name:
-                p.normal_(0, 0.05)
+    randomize_lora(model, 0.05)
     return model
 
 

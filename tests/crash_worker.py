@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from helpers import Rows
 
 from fmlab.model.config import preset
 from fmlab.model.lora import mark_only_lora_trainable
@@ -25,34 +26,6 @@ from fmlab.train.losses import token_loss
 
 CONFIG = dict(epochs=3, precision="f32", learning_rate=1e-2, eval_every=3, keep_best=2, seed=0)
 SAVE_EVERY = 1
-
-
-class Rows:
-    """Deterministic toy batches (8 samples, batch 2): 4 optimizer steps per epoch."""
-
-    def __init__(self, n=8, batch_size=2, seed=0, vocab=512):
-        g = torch.Generator().manual_seed(seed)
-        self.rows, self.batch_size = [], batch_size
-        for _ in range(n):
-            length = int(torch.randint(6, 14, (), generator=g))
-            ids = torch.randint(2, vocab, (length,), generator=g)
-            ids[0] = 1
-            labels = torch.full((length,), -100)
-            labels[length // 2 : -1] = ids[length // 2 + 1 :]
-            self.rows.append((ids, labels))
-
-    def __len__(self):
-        return -(-len(self.rows) // self.batch_size)
-
-    def epoch(self, n):
-        order = torch.randperm(len(self.rows), generator=torch.Generator().manual_seed(100 + n)).tolist()
-        for b in range(len(self)):
-            rows = [self.rows[i] for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
-            T = max(len(r[0]) for r in rows)
-            ids, labels = torch.zeros(len(rows), T, dtype=torch.long), torch.full((len(rows), T), -100)
-            for i, (x, y) in enumerate(rows):
-                ids[i, : len(x)], labels[i, : len(y)] = x, y
-            yield {"input_ids": ids, "label_ids": labels, "segment_ids": torch.where(ids == 0, 0, 2)}
 
 
 def run(out_dir, resume=False, callbacks=()):

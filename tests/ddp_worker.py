@@ -2,7 +2,8 @@
 
 import sys
 
-from test_train import Rows, fresh_model
+from helpers import Rows
+from test_train import fresh_model
 
 from fmlab.train.loop import TrainConfig, train
 from fmlab.train.losses import token_loss

@@ -5,6 +5,7 @@ compiled speculative decoding, and the branch-free KV quantiser under torch.comp
 import pytest
 import torch
 from conftest import sharp
+from helpers import randomize_lora
 
 from fmlab.infer.generate import decode_one, extend, generate_ids, new_cache, prefill
 from fmlab.infer.sampling import Sampling
@@ -60,10 +61,7 @@ def test_compiled_decode_equals_eager(quantised):
     eager = generate_ids(quantised, prompts, set(), 16, GREEDY)[0]
     assert generate_ids(quantised, prompts, set(), 16, GREEDY, compile_model=True)[0] == eager
     assert generate_ids(torch.compile(quantised), prompts, set(), 16, GREEDY)[0] == eager  # CLI's wrapper
-    with torch.no_grad():  # an adapter update between calls is seen by the next one
-        for name, p in quantised.named_parameters():
-            if ".lora_b." in name:
-                p.normal_(0, 1.0)
+    randomize_lora(quantised, 1.0)  # an adapter update between calls is seen by the next one
     changed = generate_ids(quantised, prompts, set(), 16, GREEDY)[0]
     assert changed != eager
     assert generate_ids(quantised, prompts, set(), 16, GREEDY, compile_model=True)[0] == changed

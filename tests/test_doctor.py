@@ -11,7 +11,7 @@ import pytest
 import sentencepiece as spm
 import torch
 from conftest import tiny_chat_corpus
-from test_mismatch import write_assets
+from helpers import write_assets
 
 from fmlab.checkpoints.assets import REPO_ASSETS
 from fmlab.cli import main

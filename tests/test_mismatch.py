@@ -1,34 +1,17 @@
 """Mismatched assets: each error names the file and what differs (vocabulary, keys, shapes, special
 pieces, the base an adapter was trained for)."""
 
-import json
-
 import pytest
 import sentencepiece as spm
 import torch
 from conftest import tiny_chat_corpus
+from helpers import VOCAB, write_assets
 
 from fmlab.checkpoints.apple_format import save_adapter, to_apple
 from fmlab.checkpoints.assets import load_base, load_draft, load_tokenizer
 from fmlab.errors import FmlabError
-from fmlab.model.config import LoRAConfig, preset, to_tamm_json
+from fmlab.model.config import LoRAConfig, preset
 from fmlab.model.transformer import build_model
-
-VOCAB = 640  # fits the 600-piece test tokenizer
-
-
-def write_assets(d, tokenizer, cfg=None, weights_cfg=None, draft_cfg=None):
-    """An assets directory in Apple's layout; `weights_cfg` builds base-model.pt from another config."""
-    cfg = cfg or preset("tiny", vocab_size=VOCAB)
-    draft_cfg = draft_cfg or preset("tiny-draft", vocab_size=VOCAB)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "base-model-config.json").write_text(json.dumps(to_tamm_json(cfg)))
-    weights_cfg = weights_cfg or cfg
-    torch.save(to_apple(build_model(weights_cfg, seed=0).state_dict(), weights_cfg), d / "base-model.pt")
-    (d / "draft-model-config.json").write_text(json.dumps(to_tamm_json(draft_cfg)))
-    torch.save(to_apple(build_model(draft_cfg, seed=1).state_dict(), draft_cfg), d / "draft-model.pt")
-    (d / "tokenizer.model").write_bytes(open(tokenizer.source, "rb").read())
-    return d
 
 
 def test_matching_assets_load(tmp_path, tiny_tokenizer):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import Rows
 
 from fmlab.checkpoints.apple_format import read_adapter
 from fmlab.checkpoints.run_dir import best_checkpoint, read_manifest
@@ -18,40 +19,6 @@ from fmlab.model.lora import lora_state_dict, mark_only_lora_trainable
 from fmlab.model.transformer import build_model
 from fmlab.train.loop import TrainConfig, lr_lambda, train
 from fmlab.train.losses import token_loss
-
-
-class Rows:
-    """Deterministic toy data: variable-length rows, each its own document, batched per epoch."""
-
-    def __init__(self, n=8, batch_size=2, seed=0, vocab=512):
-        g = torch.Generator().manual_seed(seed)
-        self.rows = []
-        for _ in range(n):
-            length = int(torch.randint(6, 14, (), generator=g))
-            ids = torch.randint(2, vocab, (length,), generator=g)
-            ids[0] = 1  # eos starts every sample
-            labels = torch.full((length,), -100)
-            labels[length // 2 : -1] = ids[length // 2 + 1 :]  # pre-shifted targets
-            self.rows.append((ids, labels))
-        self.batch_size = batch_size
-
-    def __len__(self):
-        return -(-len(self.rows) // self.batch_size)
-
-    def epoch(self, n):
-        order = torch.randperm(len(self.rows), generator=torch.Generator().manual_seed(100 + n)).tolist()
-        for b in range(len(self)):
-            yield collate([self.rows[i] for i in order[b * self.batch_size : (b + 1) * self.batch_size]])
-
-
-def collate(rows):
-    T = max(len(r[0]) for r in rows)
-    ids = torch.zeros(len(rows), T, dtype=torch.long)
-    labels = torch.full((len(rows), T), -100)
-    for i, (x, y) in enumerate(rows):
-        ids[i, : len(x)], labels[i, : len(y)] = x, y
-    seg = torch.where(ids == 0, 0, 2)
-    return {"input_ids": ids, "label_ids": labels, "segment_ids": seg}
 
 
 def fresh_model():

@@ -1,20 +1,19 @@
 """Widgets degrade to static output headlessly and never block; `fmlab generate` runs on a tiny assets dir."""
 
 import json
-import shutil
 import time
 
 import pytest
-import torch
+from helpers import randomize_lora, write_assets
 
 from fmlab.checkpoints.apple_format import save_adapter
+from fmlab.checkpoints.assets import load_base
 from fmlab.cli import main
 from fmlab.lab.comparison_view import ComparisonView
 from fmlab.lab.frontend import resolve_live
 from fmlab.lab.loss_plot import LiveLossPlot, plot_metrics, read_metrics
 from fmlab.model.config import preset
 from fmlab.model.transformer import build_model
-from fmlab.tiny.build import write_model_files
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -97,10 +96,7 @@ def test_plot_metrics_of_a_finished_run(tmp_path):
 @pytest.fixture
 def lm(tiny_tokenizer):
     model = build_model(preset("tiny", vocab_size=tiny_tokenizer.vocab_size), seed=0).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".lora_b." in name:
-                p.normal_(0, 0.3)
+    randomize_lora(model, 0.3)
     return model
 
 
@@ -148,21 +144,9 @@ def test_comparison_view_widget_builds_and_generates(lm, tiny_tokenizer):
 
 @pytest.fixture
 def assets(tmp_path, tiny_tokenizer):
-    """A tiny assets directory in Apple's layout (zero-LoRA base, a draft, the tokenizer) and an adapter."""
-    d = tmp_path / "assets"
-    d.mkdir()
-    vocab = tiny_tokenizer.vocab_size
-    base = build_model(preset("tiny", vocab_size=vocab), seed=0)
-    write_model_files(base, d, "base-model-config.json", "base-model.pt")
-    write_model_files(
-        build_model(preset("tiny-draft", vocab_size=vocab), seed=1), d, "draft-model-config.json", "draft-model.pt"
-    )
-    shutil.copy(tiny_tokenizer.source, d / "tokenizer.model")
-    with torch.no_grad():
-        for name, p in base.named_parameters():
-            if ".lora_b." in name:
-                p.normal_(0, 0.3)
-    save_adapter(base, tmp_path / "adapter-final.pt")
+    """A tiny assets directory in Apple's layout and a non-zero adapter for its base."""
+    d = write_assets(tmp_path / "assets", tiny_tokenizer)
+    save_adapter(randomize_lora(load_base(d), 0.3), tmp_path / "adapter-final.pt")
     return d
 
 
