@@ -11,7 +11,6 @@ from fmlab.export.quant4 import (
     lut4_dequantize,
     lut4_quantize,
     relative_error,
-    sqnr_db,
 )
 
 
@@ -51,7 +50,7 @@ def test_lut4_layout_and_error():
     assert idx.dtype == torch.uint8 and idx.shape == (64, 48) and int(idx.max()) <= 15
     assert torch.allclose(scale.float(), w.abs().amax(1), rtol=1e-3)
     w_hat = lut4_dequantize(scale, lut, idx, 16)
-    assert relative_error(w, w_hat) < 0.13 and sqnr_db(w, w_hat) > 18
+    assert relative_error(w, w_hat) < 0.13
     # rows of one group share a table: at most 16 distinct normalised values per group
     normed = (w_hat / scale.float()[:, None]).reshape(4, -1)
     assert all(len(torch.unique(g)) <= 16 for g in normed)

@@ -189,8 +189,3 @@ class Batches:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self.epoch(0)
-
-
-def batches(dataset, batch_size: int, epoch: int = 0, **options) -> Iterator[dict[str, torch.Tensor]]:
-    """Shorthand for `Batches(dataset, batch_size, **options).epoch(epoch)`."""
-    return Batches(dataset, batch_size, **options).epoch(epoch)

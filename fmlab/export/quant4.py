@@ -13,7 +13,6 @@ from quantile starting points, batched over groups, deterministic. Sorting makes
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 
@@ -101,8 +100,3 @@ def relative_error(w: torch.Tensor, w_hat: torch.Tensor) -> float:
     """||w - w_hat|| / ||w|| (Frobenius)."""
     w, w_hat = w.detach().float(), w_hat.detach().float()
     return float((w - w_hat).norm() / w.norm().clamp_min(1e-12))
-
-
-def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:
-    """Signal-to-quantisation-noise ratio in dB (higher is better; 4-bit LUTs give roughly 20-25 dB)."""
-    return float(-20 * np.log10(max(relative_error(w, w_hat), 1e-12)))

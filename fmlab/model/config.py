@@ -85,10 +85,6 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        return cls(**d)
-
 
 PRESETS = {
     "afm-3b": ModelConfig(),

@@ -171,11 +171,7 @@ def _trim_metrics(path: Path, position: dict):
     can share the saved step) and half-written ones, by the file size the state recorded."""
     if not path.is_file():
         return
-    if "metrics_bytes" in position:
-        text = path.read_bytes()[: position["metrics_bytes"]].decode()
-    else:  # a resume state from before metrics_bytes
-        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= position["step"]]
-        text = "".join(r + "\n" for r in rows)
+    text = path.read_bytes()[: position["metrics_bytes"]].decode()
     with atomic_write(path, "w") as f:
         f.write(text)
 
