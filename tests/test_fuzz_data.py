@@ -1,6 +1,6 @@
 """Fuzzing the chat JSONL reader with seeded corruptions of the real dataset's lines.
 
-The contract (fmlab/data.py, data/README.md): every input either reads cleanly, with one sample per
+The contract (fmlab/data/validate.py, fmlab/data/jsonl.py, data/README.md): every input either reads cleanly, with one sample per
 non-blank line and nothing skipped, or raises a DataError whose every message starts with
 `file:line:` of a corrupted line. Never another exception type, never a hang. The documented
 acceptances are a UTF-8 byte-order mark, CRLF line endings, blank lines and huge (but not over-long)

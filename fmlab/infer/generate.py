@@ -1,10 +1,10 @@
 """Generation over the static KV cache (gpt-fast style): `prefill` the prompt, then `decode_one`
 token at a time. Batched prompts are left-padded; a row stops at eos or `<turn_end>`. Prompts are
-rendered by `chat.encode_prompt`, the same code that renders training samples.
+rendered by `fmlab.data.chat_template.encode_prompt`, the same code that renders training samples.
 
 Batch-1 decoding of a small model is bound by per-op overhead, not arithmetic. With `compile_model`
 the decode step (`Transformer.step` on one token) is captured once by torch.compile: the cache gives
-it the same shapes at every token (see `kv_cache.py`), and cache lengths are rounded up to a multiple
+it the same shapes at every token (see `fmlab.model.kv_cache`), and cache lengths are rounded up to a multiple
 of `CACHE_BUCKET` so that prompts of different lengths share the compiled graph. The prefill stays
 eager (its length changes with every prompt).
 """

@@ -7,7 +7,7 @@ have no K/V projections and attend to the K/V exported by segment_0's last block
 and int8 KV fake-quant). Attention is document-masked from segment ids, with positions restarting
 per document, so packed rows never see each other.
 
-Internal names are short (`attn.qkv`, `mlp.gate_up`); `checkpoint.py` maps them to Apple's keys.
+Internal names are short (`attn.qkv`, `mlp.gate_up`); `fmlab.checkpoints.apple_format` maps them to Apple's keys.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Adapter training as one call: load the base from an assets directory, read and validate the chat
-JSONL, tokenize with Apple's template, batch (packed or not), and run `train.train` with the token
+JSONL, tokenize with Apple's template, batch (packed or not), and run `fmlab.train.loop.train` with the token
 cross-entropy (docs/afm-format.md §6.1). The CLI's `train-adapter` and notebook 02 both call this.
 """
 

@@ -1,5 +1,5 @@
 """Draft-model distillation for speculative decoding: the draft (student) learns to match the base +
-adapter (teacher) on assistant target tokens, through the same `train.train` loop as adapters.
+adapter (teacher) on assistant target tokens, through the same `fmlab.train.loop.train` loop as adapters.
 
 Divergences (per token, over the vocabulary): reverse KL(q_draft || p_teacher), Apple's default
 (docs/afm-format.md §7); forward KL(p || q); and the generalised JSD(beta) of GKD (Agarwal et al. 2024).
@@ -29,7 +29,7 @@ from fmlab.train.teacher_cache import coarsen
 
 
 class DistillLoss:
-    """`loss_fn` for `train.train`: summed divergence between the student and a frozen teacher."""
+    """`loss_fn` for `fmlab.train.loop.train`: summed divergence between the student and a frozen teacher."""
 
     def __init__(
         self,

@@ -89,7 +89,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
 def token_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy over target tokens. Labels are pre-shifted (Apple's layout), so position t
     predicts label t; only target positions go through the LM head, in chunks that never keep the
-    (targets, vocab) logits (`linear_ce`)."""
+    (targets, vocab) logits (`linear_cross_entropy`)."""
 
     hidden = model(batch["input_ids"], segment_ids=batch.get("segment_ids"), return_hidden=True)
     labels = batch["label_ids"]

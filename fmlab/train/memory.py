@@ -82,7 +82,7 @@ def activation_bytes_per_token(cfg: ModelConfig, reuse: bool, act: int, chunked_
 
 
 def attention_probability_bytes(cfg: ModelConfig, seq_len: int, act: int) -> int:
-    """Per token and layer: `attention.causal_attention_by_chunks` keeps H (T + chunk) / 2 probabilities a
+    """Per token and layer: `fmlab.model.attention.causal_attention_by_chunks` keeps H (T + chunk) / 2 probabilities a
     token for backward, in fp32 and again in the compute dtype (once when that is fp32)."""
     if not seq_len:
         return 0
