@@ -5,7 +5,7 @@ VENV  ?= .venv
 TORCH ?= torch==2.13.0
 BIN   := $(VENV)/bin
 
-.PHONY: setup demo test lab bench assets clean
+.PHONY: setup demo lint test lab bench assets clean
 
 $(BIN)/.fmlab-installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,11 @@ setup: $(BIN)/.fmlab-installed
 demo: setup          ## run the whole pipeline on the embedded default
 	$(BIN)/fmlab demo
 
-test: setup          ## the whole test suite, notebooks included
+lint: setup          ## ruff: the lint rules and the formatting (pyproject's [tool.ruff])
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint           ## lint, then the whole test suite, notebooks included
 	$(BIN)/python -m pytest -q
 
 lab: setup           ## open JupyterLab on the notebooks

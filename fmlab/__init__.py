@@ -4,7 +4,7 @@ from fmlab.errors import FmlabError
 from fmlab.model.config import LoRAConfig, ModelConfig, from_tamm_json, preset
 from fmlab.model.transformer import Transformer, build_model, count_parameters
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # pyproject reads this line without importing fmlab: keep it a plain string
 
 __all__ = [
     "FmlabError",

@@ -5,6 +5,7 @@ laid out like Apple's toolkit `assets/` (ARCHITECTURE.md). The embedded `fmlab-t
 from __future__ import annotations
 
 import os
+import sysconfig
 from pathlib import Path
 
 import torch
@@ -100,7 +101,25 @@ def load_tokenizer(assets: str | Path | None = None):
     return tokenizer
 
 
-REPO_ASSETS = Path(__file__).resolve().parents[2] / "assets"
+def _checkout() -> Path | None:
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() else None  # an installed wheel has site-packages here
+
+
+CHECKOUT = _checkout()
+
+
+def shipped_dir(name: str) -> Path:
+    """A folder fmlab ships beside the package (assets, notebooks, data): a checkout's own top-level
+    folder, else the copy a wheel installs under <prefix>/share/fmlab/ (pyproject's data-files)."""
+    if CHECKOUT is not None:
+        return CHECKOUT / name
+    schemes = (sysconfig.get_default_scheme(), sysconfig.get_preferred_scheme("user"))  # pip install, --user
+    shares = [Path(sysconfig.get_path("data", scheme)) / "share" / "fmlab" for scheme in schemes]
+    return next((share for share in shares if share.is_dir()), shares[0]) / name
+
+
+REPO_ASSETS = shipped_dir("assets")  # the embedded fmlab-tiny
 
 
 def assets_dir(path: str | os.PathLike | None = None, must_exist: bool = True) -> Path:
