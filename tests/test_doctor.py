@@ -153,7 +153,7 @@ def test_old_python_fails(monkeypatch):
 
 def test_devices_report_cpu_and_the_device_in_use():
     checks = rows(doctor.check_devices())
-    assert checks["cpu"].status == doctor.OK and "threads" in checks["cpu"].detail
+    assert checks["cpu"].status in (doctor.OK, doctor.WARN) and "threads" in checks["cpu"].detail  # WARN: slow bf16
     assert {"cuda", "mps", "device in use"} <= checks.keys()
 
 
@@ -182,3 +182,19 @@ def test_a_gpu_without_bf16_is_a_warning_with_a_fix(monkeypatch):
     checks = rows(doctor.check_devices())
     assert checks["cuda"].status == doctor.WARN and "Old GPU, 80 GiB, bf16 no" in checks["cuda"].detail
     assert "--precision f16-mixed" in checks["cuda"].fix and checks["device in use"].detail == "cuda"
+
+
+@pytest.mark.parametrize(("bf16", "status", "picked"), [(0.8, doctor.WARN, "f32"), (120.0, doctor.OK, "bf16-mixed")])
+def test_the_cpu_row_reports_measured_matmul_speeds_and_warns_when_bf16_is_slow(monkeypatch, bf16, status, picked):
+    from fmlab.model import precision
+
+    rates = {torch.float32: 54.0, torch.bfloat16: bf16}
+    monkeypatch.setattr(precision, "matmul_gflops", lambda device, dtype, **kw: rates[dtype])
+    monkeypatch.delenv(precision.ENV, raising=False)
+    precision.probe.cache_clear()
+    try:
+        cpu = rows(doctor.check_devices())["cpu"]
+    finally:
+        precision.probe.cache_clear()
+    assert cpu.status == status and f"f32 54.0 GFLOP/s, bf16 {bf16:.1f} GFLOP/s; auto picks {picked}" in cpu.detail
+    assert ("68x slower" in cpu.fix) == (status == doctor.WARN)

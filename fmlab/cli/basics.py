@@ -14,6 +14,7 @@ from fmlab.lab.demo_page import write_summary
 from fmlab.lab.doctor import FAIL, run_checks, table
 from fmlab.lab.environment import environment_report
 from fmlab.model.config import from_tamm_json, preset
+from fmlab.model.precision import AUTO, PRECISIONS, choose_precision, describe_choice
 from fmlab.tiny.build import REPO_ASSETS, Recipe, build_assets
 from fmlab.train.memory import GiB, estimate_generation, estimate_training
 
@@ -79,7 +80,9 @@ def add_estimate(sub):
     p.add_argument("--preset", help="a model preset instead of the assets' config (e.g. afm-3b)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-sequence-length", type=int, default=4095)
-    p.add_argument("--precision", default="bf16-mixed", choices=("f32", "bf16-mixed", "bf16", "f16-mixed"))
+    p.add_argument(
+        "--precision", default=AUTO, choices=PRECISIONS, help="default: what training would pick on each device"
+    )
     p.add_argument("--activation-checkpointing", action="store_true")
     p.set_defaults(func=cmd_estimate)
 
@@ -88,7 +91,7 @@ def cmd_estimate(args):
     cfg = preset(args.preset) if args.preset else from_tamm_json(assets_dir(args.assets) / BASE_CONFIG)
     print(
         f"model: {cfg.num_layers} layers ({cfg.num_kv_reuse_layers} KV-reuse), hidden {cfg.hidden_dim}, "
-        f"vocab {cfg.vocab_size}; batch {args.batch_size} x {args.max_sequence_length}, {args.precision}"
+        f"vocab {cfg.vocab_size}; batch {args.batch_size} x {args.max_sequence_length}"
         + (", activation checkpointing" if args.activation_checkpointing else "")
     )
     estimates = {}
@@ -97,7 +100,11 @@ def cmd_estimate(args):
             cfg, args.batch_size, args.max_sequence_length, args.precision, args.activation_checkpointing, device=device
         )
         gen = estimate_generation(cfg, args.batch_size, args.max_sequence_length, args.precision, device)
-        print(f"{device:>5}: training {estimates[device].total / GiB:7.2f} GiB   generation {gen.total / GiB:7.2f} GiB")
+        choice = choose_precision(args.precision, device)
+        print(
+            f"{device:>5}: training {estimates[device].total / GiB:7.2f} GiB   generation {gen.total / GiB:7.2f} GiB"
+            f"   {describe_choice(choice)}"
+        )
     print(
         "training breakdown (cuda, GiB): "
         + ", ".join(f"{k} {v / GiB:.2f}" for k, v in estimates["cuda"].rows().items())

@@ -21,7 +21,7 @@ from fmlab.data.chat_template import encode_prompt
 from fmlab.errors import FmlabError
 from fmlab.infer.sampling import Sampling, sample
 from fmlab.model.lora import frozen_adapters
-from fmlab.model.precision import autocast, cache_dtype
+from fmlab.model.precision import AUTO, autocast, cache_dtype, resolve_precision
 from fmlab.model.transformer import Transformer
 
 
@@ -117,7 +117,7 @@ def generate_ids(
     sampling: Sampling | None = None,
     pad_id: int = 0,
     eos_id: int = 1,
-    precision: str = "f32",
+    precision: str = AUTO,
     on_token: Callable[[int, int], None] | None = None,
     compile_model: bool = False,
 ):
@@ -125,6 +125,7 @@ def generate_ids(
     sampling = sampling or Sampling()
     model, compiled = unwrap_compiled(model, compile_model)
     device = model.embedding.weight.device
+    precision = resolve_precision(precision, device)
     ids, seg = left_pad(prompts, pad_id, eos_id)
     check_context(model, ids.shape[1], max_new_tokens)
     gen = torch.Generator(device=device).manual_seed(sampling.seed)
@@ -169,7 +170,7 @@ def generate(
     max_new_tokens: int = 50,
     sampling: Sampling | None = None,
     batch_size: int = 1,
-    precision: str = "f32",
+    precision: str = AUTO,
     stream: Callable[[int, str], None] | None = None,
     compile_model: bool = False,
 ) -> list[Generation]:

@@ -36,7 +36,7 @@ from fmlab.errors import FmlabError
 from fmlab.files import file_sha
 from fmlab.model.config import from_tamm_json
 from fmlab.model.lora import is_lora_name
-from fmlab.model.precision import bf16_supported, resolve_device
+from fmlab.model.precision import AUTO, ENV, bf16_supported, choose_precision, probe, resolve_device
 from fmlab.model.transformer import build_model
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -90,11 +90,20 @@ def check_package(name: str) -> Check:
 def check_devices() -> list[Check]:
     import torch
 
+    cpu = probe("cpu")
+    auto = choose_precision(AUTO, "cpu")
+    speeds = f"matmul f32 {cpu.f32_gflops:.1f} GFLOP/s, bf16 {cpu.bf16_gflops:.1f} GFLOP/s"
+    slow = cpu.bf16_gflops < cpu.f32_gflops
     rows = [
         Check(
             "cpu",
-            OK,
-            f"{torch.get_num_threads()} threads, bf16 {'yes' if bf16_supported(torch.device('cpu')) else 'no'}",
+            WARN if slow else OK,
+            f"{torch.get_num_threads()} threads, {speeds}; auto picks {auto.precision}"
+            + (f" ({auto.reason})" if auto.reason.startswith(ENV) else ""),
+            f"bf16 is {cpu.f32_gflops / max(cpu.bf16_gflops, 1e-9):.0f}x slower than f32 on this CPU (no native bf16): "
+            "keep --precision auto (f32 here); an explicit bf16-mixed would be that much slower"
+            if slow
+            else "",
         )
     ]
     if torch.cuda.is_available():

@@ -10,7 +10,7 @@ import torch
 
 from fmlab import __version__
 from fmlab.checkpoints.assets import assets_dir
-from fmlab.model.precision import bf16_supported, resolve_device
+from fmlab.model.precision import AUTO, choose_precision, describe_choice, resolve_device
 from fmlab.model.transformer import count_parameters
 
 PACKAGES = (
@@ -44,7 +44,7 @@ def environment_report(assets: str | Path | None = None) -> dict[str, str]:
     report.update(
         {
             "device": str(device),
-            "bf16": "yes" if bf16_supported(device) else "no",
+            "precision (auto)": describe_choice(choose_precision(AUTO, device)).removeprefix("precision: "),
             "cpu threads": str(torch.get_num_threads()),
             "assets": f"{chosen}{'' if chosen.is_dir() else ' (missing)'}",
         }

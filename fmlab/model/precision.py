@@ -5,16 +5,30 @@ live, for training and for generation alike.
 memory and sparing autocast a cast of every weight at every step), keeps LoRA weights, norms and
 optimizer state in fp32, and runs matmuls under bf16 autocast; generation keeps its KV cache in bf16.
 `f16-mixed` is the same with fp16 and a GradScaler; `bf16` casts the whole model.
+
+`auto` (the default everywhere) picks bf16-mixed only where bf16 matmuls are really fast: CUDA with
+bf16 support, and a CPU or MPS device where a short probe of matmuls shows bf16 at least as fast as
+fp32; f32 elsewhere. Many CPUs (AVX2 without AVX512-BF16 or AMX) run a bf16 matmul tens of times
+slower than an fp32 one, so bf16 there would make training and decoding crawl. An explicit precision
+always wins; `FMLAB_PRECISION` forces the choice of `auto` for every command and notebook.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
+import time
 import warnings
+from dataclasses import dataclass
 
 import torch
 
-PRECISIONS = ("f32", "bf16-mixed", "bf16", "f16-mixed")
+from fmlab.errors import FmlabError
+
+AUTO = "auto"
+PRECISIONS = (AUTO, "f32", "bf16-mixed", "bf16", "f16-mixed")
+ENV = "FMLAB_PRECISION"
 _AUTOCAST = {"bf16-mixed": torch.bfloat16, "f16-mixed": torch.float16}
 
 
@@ -33,6 +47,96 @@ def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type in ("cpu", "mps")
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What `auto` resolved to on a device, and why (printed once, recorded in a run's metrics)."""
+
+    precision: str
+    reason: str
+    f32_gflops: float | None = None
+    bf16_gflops: float | None = None
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def matmul_gflops(
+    device: torch.device, dtype: torch.dtype, size: int = 256, rows: int = 64, repeats: int = 5, budget_s: float = 0.03
+) -> float:
+    """(rows, size) @ (size, size) matmul throughput in GFLOP/s, from the fastest of up to `repeats`
+    timed products after a warm-up (the fastest, because a busy machine only ever adds time). Stops
+    early past `budget_s`, so a very slow dtype costs a product or two, not the whole budget."""
+    a = torch.randn(rows, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    a @ b
+    _synchronize(device)
+    best, spent = float("inf"), 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        _synchronize(device)
+        elapsed = time.perf_counter() - start
+        best, spent = min(best, elapsed), spent + elapsed
+        if spent > budget_s:
+            break
+    return 2 * rows * size * size / best / 1e9
+
+
+def _available(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_available()
+    if device.type == "mps":
+        return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    return True
+
+
+@functools.cache
+def probe(device_type: str) -> PrecisionChoice:
+    """The `auto` choice for a device type, measured once per process (~20 ms on a CPU)."""
+    device = torch.device(device_type)
+    if not _available(device):  # an estimate for a device this machine lacks: assume a modern one
+        return PrecisionChoice("bf16-mixed", f"no {device.type} device here: assuming one with fast bf16")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return PrecisionChoice("bf16-mixed", f"{torch.cuda.get_device_name(device)} supports bf16")
+        return PrecisionChoice("f32", f"{torch.cuda.get_device_name(device)} has no bf16")
+    f32 = matmul_gflops(device, torch.float32)
+    bf16 = matmul_gflops(device, torch.bfloat16)
+    rates = f"bf16 matmul {bf16:.1f} GFLOP/s vs f32 {f32:.1f} GFLOP/s on this {device.type}"
+    if bf16 >= f32:
+        return PrecisionChoice("bf16-mixed", rates, f32, bf16)
+    return PrecisionChoice("f32", rates, f32, bf16)
+
+
+def choose_precision(precision: str | None, device: torch.device | str = "cpu") -> PrecisionChoice:
+    """Resolve a requested precision: an explicit one wins, then `FMLAB_PRECISION`, then the probe."""
+    if precision not in (None, AUTO):
+        if precision not in PRECISIONS:
+            raise FmlabError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        return PrecisionChoice(precision, "asked for")
+    forced = os.environ.get(ENV)
+    if forced:
+        if forced not in PRECISIONS[1:]:
+            raise FmlabError(f"{ENV}={forced!r}: must be one of {', '.join(PRECISIONS[1:])}")
+        return PrecisionChoice(forced, f"{ENV}={forced}")
+    return probe(torch.device(device).type)
+
+
+def resolve_precision(precision: str | None, device: torch.device | str = "cpu") -> str:
+    """`choose_precision(...).precision`: the concrete precision to run at."""
+    return choose_precision(precision, device).precision
+
+
+def describe_choice(choice: PrecisionChoice) -> str:
+    """One line for the CLI and notebooks: `precision: f32 (auto: bf16 matmul 0.8 GFLOP/s vs ...)`."""
+    how = "asked for" if choice.reason == "asked for" else f"auto: {choice.reason}"
+    return f"precision: {choice.precision} ({how})"
 
 
 def autocast(precision: str, device: torch.device):

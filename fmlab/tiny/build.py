@@ -31,6 +31,7 @@ from fmlab.infer.generate import generate
 from fmlab.infer.sampling import Sampling
 from fmlab.model.config import LoRAConfig, ModelConfig, to_tamm_json
 from fmlab.model.lora import is_lora_name
+from fmlab.model.precision import AUTO
 from fmlab.model.transformer import build_model
 from fmlab.tiny.corpus import chat_samples, plain_texts, tokenizer_texts
 from fmlab.tiny.plays import play_format_score
@@ -111,7 +112,7 @@ def pretrain(
         learning_rate=lr,
         warmup_fraction=0.05,
         weight_decay=weight_decay,
-        precision="bf16-mixed",
+        precision=AUTO,
         prefix="pretrain",
         keep_best=1,
         eval_every=None,
@@ -162,9 +163,7 @@ def write_model_files(model, directory: Path, config_name: str, weights_name: st
 def base_play_score(model, tokenizer, test_path: Path, limit: int = 100, max_new_tokens: int = 256) -> float:
     samples = read_messages(test_path)[:limit]
     prompts = [s.messages[:-1] for s in samples]
-    outs = generate(
-        model, tokenizer, prompts, max_new_tokens, Sampling(temperature=0), batch_size=16, precision="bf16-mixed"
-    )
+    outs = generate(model, tokenizer, prompts, max_new_tokens, Sampling(temperature=0), batch_size=16, precision=AUTO)
     return sum(play_format_score(p, o.text) for p, o in zip(prompts, outs)) / len(outs)
 
 

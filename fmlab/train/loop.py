@@ -18,7 +18,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from fmlab.checkpoints.run_dir import CheckpointManager
 from fmlab.data.chat_template import IGNORE
 from fmlab.errors import FmlabError
 from fmlab.files import atomic_write
-from fmlab.model.precision import PRECISIONS, autocast, prepare_precision
+from fmlab.model.precision import AUTO, PRECISIONS, autocast, choose_precision, describe_choice, prepare_precision
 
 
 @dataclass
@@ -42,7 +42,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     weight_decay: float = 1e-2
     clip_grad_norm: float = 1.0
-    precision: str = "bf16-mixed"
+    precision: str = AUTO  # resolved by train(): see fmlab.model.precision
     activation_checkpointing: bool = False
     checkpoint_every_n: int = 2  # with activation checkpointing: every n-th block (Apple: 2)
     compile_model: bool = False
@@ -199,6 +199,8 @@ def train(
     out_dir = Path(out_dir)
     rank, world = distributed()
     device = next(model.parameters()).device
+    choice = choose_precision(config.precision, device)
+    config = replace(config, precision=choice.precision)
     torch.manual_seed(config.seed)
     scaler = prepare_precision(model, config.precision)
     model.checkpoint_every = config.checkpoint_every_n if config.activation_checkpointing else 0
@@ -219,7 +221,7 @@ def train(
         config.prefix,
         save_weights or save_adapter,
         config.keep_best,
-        config=asdict(config),
+        config={**asdict(config), "precision_reason": choice.reason},
         continue_run=resume,
     )
     metrics_path = out_dir / "metrics.jsonl"
@@ -229,6 +231,8 @@ def train(
         _trim_metrics(metrics_path, position)
     elif rank == 0:
         metrics_path.write_text("")
+    if rank == 0:
+        print(describe_choice(choice), file=sys.stderr)
     run_model = model
     if world > 1:
         run_model = torch.nn.parallel.DistributedDataParallel(model)
@@ -319,6 +323,7 @@ def train(
                 "grad_norm": float(grad_norm),
                 "tokens_per_s": round(tokens / seconds, 1),
                 "peak_memory_mb": round(peak_memory_mb(device), 1),
+                "precision": config.precision,  # what `auto` resolved to (the reason is in the manifest)
             }
             log(row)
             _callbacks(callbacks, "on_step", row)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from fmlab.model.attention import CHUNK, chunks_pay_off
 from fmlab.model.config import ModelConfig
 from fmlab.model.lora import is_lora_name
+from fmlab.model.precision import AUTO, resolve_precision
 from fmlab.model.transformer import build_model
 from fmlab.train.losses import chunk_rows
 
@@ -93,12 +94,13 @@ def estimate_training(
     cfg: ModelConfig,
     batch_size: int,
     seq_len: int,
-    precision: str = "bf16-mixed",
+    precision: str = AUTO,
     activation_checkpointing: bool = False,
     every_n: int = 2,
     device: str = "cuda",
     target_fraction: float = 0.7,
 ) -> Estimate:
+    precision = resolve_precision(precision, device)  # `auto` as training on that device would pick
     mats, vecs, lora = _param_counts(cfg)
     frozen_bytes = 2 if precision in ("bf16-mixed", "bf16") else 4
     act = 2 if precision in ("bf16-mixed", "bf16", "f16-mixed") else 4
@@ -124,8 +126,9 @@ def estimate_training(
 
 
 def estimate_generation(
-    cfg: ModelConfig, batch_size: int, context: int, precision: str = "bf16-mixed", device: str = "cuda"
+    cfg: ModelConfig, batch_size: int, context: int, precision: str = AUTO, device: str = "cuda"
 ) -> Estimate:
+    precision = resolve_precision(precision, device)
     mats, vecs, lora = _param_counts(cfg)
     weight_bytes = 2 if precision in ("bf16", "bf16-mixed") else 4
     weights = (mats + lora) * weight_bytes + vecs * 4
