@@ -89,7 +89,7 @@ def _embedded(assets=None, draft_checkpoint=None, adapter=None):
     tokenizer = load_tokenizer(assets)
     target, draft = load_base(assets, checkpoint=adapter), load_draft(assets, checkpoint=draft_checkpoint)
     prompts = encode_prompts(
-        tokenizer, [s.messages[:-1] for s in read_messages(REPO_ASSETS.parent / "data" / "test.jsonl")[:4]]
+        tokenizer, [s.prompt for s in read_messages(REPO_ASSETS.parent / "data" / "test.jsonl")[:4]]
     )
     return target, draft, prompts, stop_ids(tokenizer)
 
@@ -135,26 +135,25 @@ def speculative_speedup(
 ) -> dict:
     """Plain vs speculative greedy decoding of the base (+ adapter) with the (distilled) draft, on
     held-out play prompts, both eager or both compiled; checks the outputs are identical."""
-    from fmlab.infer.speculative import speculative_generate
+    from fmlab.infer.acceptance import measure_acceptance
 
     target, draft, prompts, stop = _embedded(assets, draft_checkpoint, adapter)
-    outs = {}
-
-    def plain():
-        outs["plain"] = [generate_ids(target, [p], stop, tokens, GREEDY, compile_model=compiled)[0][0] for p in prompts]
-
-    def spec():
-        results = [
-            speculative_generate(target, draft, p, stop, tokens, k, GREEDY, compile_model=compiled) for p in prompts
-        ]
-        outs["spec"] = [r[0] for r in results]
-        outs["acceptance"] = sum(r[1]["accepted"] for r in results) / sum(r[1]["proposed"] for r in results)
-
-    times = interleaved({"plain": plain, "speculative": spec}, repeats=repeats, warmup=2 if compiled else 1)
+    m = measure_acceptance(
+        target,
+        draft,
+        prompts,
+        k,
+        tokens,
+        stop=stop,
+        sampling=GREEDY,
+        compile_model=compiled,
+        repeats=repeats,
+        warmup=2 if compiled else 1,
+    )
     return {
-        "speedup": times["plain"] / times["speculative"],
-        "identical": outs["plain"] == outs["spec"],
-        "acceptance_rate": outs["acceptance"],
+        "speedup": m["speedup"],
+        "identical": m["identical"],
+        "acceptance_rate": m["acceptance_rate"],
         "k": k,
         "compiled": compiled,
     }

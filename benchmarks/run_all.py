@@ -140,13 +140,12 @@ def speculative_table(results: list[dict]) -> list[str]:
 def distilled_speculative(repeats: int, compiled: bool) -> list[dict]:
     """Speculative speedup with `make demo`'s best distilled draft and adapter, if they exist."""
     from benchmarks.bench_decode import speculative_speedup
-    from fmlab.checkpoints.run_dir import best_checkpoint
-    from fmlab.export.package import resolve_checkpoint
+    from fmlab.checkpoints.run_dir import resolve_adapter, resolve_draft
 
     out = HERE.parent / "out"
     if not ((out / "draft" / "checkpoints.json").exists() and (out / "adapter" / "checkpoints.json").exists()):
         return []
-    draft, adapter = resolve_checkpoint(out / "draft", draft=True), best_checkpoint(out / "adapter")
+    draft, adapter = resolve_draft(out / "draft"), resolve_adapter(out / "adapter")
     return [
         speculative_speedup(128, repeats, adapter=adapter, draft_checkpoint=draft, compiled=c)
         for c in ((False, True) if compiled else (False,))

@@ -12,11 +12,10 @@ from fmlab.cli import main
 def small_data(tmp_path):
     from pathlib import Path
 
+    from fmlab.lab.notebook_runs import smoke_subset
+
     data = Path(__file__).resolve().parent.parent / "data"
-    train, valid = tmp_path / "train.jsonl", tmp_path / "valid.jsonl"
-    train.write_text("".join((data / "train.jsonl").read_text().splitlines(keepends=True)[:8]))
-    valid.write_text("".join((data / "valid.jsonl").read_text().splitlines(keepends=True)[:4]))
-    return train, valid
+    return smoke_subset(data / "train.jsonl", tmp_path, 8), smoke_subset(data / "valid.jsonl", tmp_path, 4)
 
 
 def test_train_adapter_with_config_file_then_train_draft(tmp_path, small_data, capsys):
@@ -95,6 +94,31 @@ def test_bad_flags_are_clear_errors(tmp_path, small_data, capsys, flags, message
     except SystemExit as exit_:  # argparse's own choice errors
         rc = exit_.code
     assert rc != 0 and message in capsys.readouterr().err
+
+
+def test_train_draft_flags_default_to_the_library():
+    import inspect
+
+    from fmlab.cli import build_parser
+    from fmlab.train.draft import train_draft
+
+    defaults = {n: p.default for n, p in inspect.signature(train_draft).parameters.items()}
+    args = build_parser().parse_args(["train-draft", "--train-data", "t.jsonl", "--checkpoint-dir", "d"])
+    flags = {
+        "divergence": "divergence",
+        "distill_temperature": "temperature",
+        "jsd_beta": "beta",
+        "on_policy": "on_policy",
+        "cache_teacher_topk": "cache_teacher_topk",
+        "num_draft_tokens": "num_draft_tokens",
+    }
+    assert {flag: getattr(args, flag) for flag in flags} == {flag: defaults[p] for flag, p in flags.items()}
+    kinds = {
+        p.kind
+        for n, p in inspect.signature(train_draft).parameters.items()
+        if n not in ("train_data", "checkpoint_dir", "eval_data")
+    }
+    assert kinds == {inspect.Parameter.KEYWORD_ONLY}
 
 
 def test_bad_data_names_file_and_line(tmp_path, capsys):

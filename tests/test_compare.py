@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fmlab.checkpoints.apple_format import save_adapter
-from fmlab.infer.compare import compare, flips, run_checkpoints, split_prompt, summary, to_html, wide
+from fmlab.checkpoints.run_dir import run_checkpoints
+from fmlab.infer.compare import compare, flips, split_prompt, summary, to_html, wide
 from fmlab.infer.generate import generate
 from fmlab.infer.sampling import Sampling
 from fmlab.model.config import preset

@@ -57,6 +57,13 @@ BAD_LINES = [
 ]
 
 
+def test_sample_prompt_drops_only_a_final_assistant_turn():
+    assert Sample([S, U, A]).prompt == [S, U]
+    assert Sample([U, A, U]).prompt == [U, A, U]  # a prompt sample is already a prompt
+    multi = Sample([U, A, U, A])
+    assert multi.prompt == [U, A, U] and multi.messages == [U, A, U, A]  # the sample is untouched
+
+
 def test_every_error_is_reported_with_file_line_and_field(tmp_path):
     rows = [[U, A]] + [row for row, _ in BAD_LINES]  # line 1 is valid, the bad ones follow
     path = write_jsonl(tmp_path / "bad.jsonl", rows)

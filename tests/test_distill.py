@@ -89,7 +89,7 @@ class Fixed:
 
 
 def test_distillation_raises_acceptance(tmp_path):
-    from fmlab.train.draft import measure_speculation
+    from fmlab.infer.acceptance import measure_acceptance
 
     teacher, student = _pair()
     g = torch.Generator().manual_seed(0)
@@ -106,7 +106,7 @@ def test_distillation_raises_acceptance(tmp_path):
         labels[len(p) - 1 : -1] = ids[len(p) :]
         rows.append((ids, labels))
     batch = {"input_ids": torch.stack([r[0] for r in rows]), "label_ids": torch.stack([r[1] for r in rows])}
-    before = measure_speculation(teacher, student.eval(), prompts, set(), 4, 16)["acceptance_rate"]
+    before = measure_acceptance(teacher, student.eval(), prompts, 4, 16, time_plain=False)["acceptance_rate"]
     student.train()
     train(
         student,
@@ -117,7 +117,7 @@ def test_distillation_raises_acceptance(tmp_path):
         tmp_path,
         save_weights=save_model,
     )
-    after = measure_speculation(teacher, student.eval(), prompts, set(), 4, 16)["acceptance_rate"]
+    after = measure_acceptance(teacher, student.eval(), prompts, 4, 16, time_plain=False)["acceptance_rate"]
     assert after > before + 0.3, (before, after)
 
 
@@ -171,7 +171,7 @@ def test_teacher_replies_replace_only_the_final_reply(tmp_path, tiny_tokenizer):
     greedy = generate(teacher, tiny_tokenizer, [s[:-1] for s in samples], 12, Sampling(temperature=0))
     assert counts == {"samples": 2, "stopped": 2, "empty": 0}
     for sample, new, reply in zip(samples, written, greedy):
-        assert new.messages[:-1] == sample[:-1]  # prompts untouched
+        assert new.prompt == sample[:-1]  # prompts untouched
         assert new.messages[-1] == {"role": "assistant", "content": reply.text}  # the teacher's greedy reply
     assert [m.messages[-1]["content"] for m in written] == ["Hi, king.", "Paris."]
 

@@ -91,6 +91,29 @@ def export(assets, out, name="tiny_adapter", **kw):
 # --- the QK permutation (§8.2) ------------------------------------------------------------------------
 
 
+def test_report_draft_table():
+    from fmlab.export.verify import Report
+
+    report = Report(package=None)
+    assert report.draft_table().empty
+    report.numbers.update(
+        acceptance_fp=0.8,
+        adapter_blobs=12,
+        **{
+            "Core ML (4-bit LUT)": {
+                "acceptance": 0.7,
+                "acceptance_drop": 0.1,
+                "mean_relative_error": 0.05,
+                "max_relative_error": 0.1,
+            }
+        },
+    )
+    table = report.draft_table()
+    assert list(table.index) == ["full precision (fp32)", "Core ML (4-bit LUT)"]
+    assert table.loc["Core ML (4-bit LUT)"].tolist() == [0.7, 0.1, 0.05, 0.1]
+    assert table.loc["full precision (fp32)", "acceptance"] == 0.8
+
+
 def test_qk_permutation_is_the_documented_row_map_and_inverts():
     n_heads, hd, r = 3, 8, 2
     w = torch.arange(n_heads * hd * r, dtype=torch.float32).reshape(n_heads * hd, r)

@@ -18,6 +18,7 @@ from fmlab.tiny.plays import (
     parse_request,
     play_format_checks,
     play_format_score,
+    play_format_table,
     split_requests,
     split_samples,
 )
@@ -122,3 +123,22 @@ def test_committed_splits_are_the_generator_output(tmp_path):
     assert not keys["train"] & keys["valid"] and not keys["train"] & keys["test"] and not keys["valid"] & keys["test"]
     train_requests = {s[-2]["content"] for s in split_samples(0)["train"]}
     assert not train_requests & {s[-2]["content"] for s in split_samples(0)["test"]}
+
+
+def test_play_format_table_averages_each_part_per_model():
+    import pandas as pd
+
+    good = play_text(REQUEST, random.Random(0))
+    results = pd.DataFrame(
+        {
+            "prompt": [PROMPT, PROMPT, PROMPT, PROMPT],
+            "model": ["base", "adapter", "base", "adapter"],
+            "text": ["Once upon a time.", good, "", good],
+        }
+    )
+    table = play_format_table(results)
+    assert list(table.index) == ["base", "adapter"]
+    assert list(table.columns) == ["format", "characters", "setting", "scenes", "play_format_score"]
+    assert table.loc["adapter", "play_format_score"] == pytest.approx(play_format_score(PROMPT, good))
+    assert table.loc["base", "play_format_score"] == 0.0
+    assert table["play_format_score"].tolist() == pytest.approx(table.iloc[:, :4].mean(axis=1).tolist())

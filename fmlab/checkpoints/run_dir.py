@@ -1,6 +1,10 @@
 """Checkpoint policy for a training run: best-N by eval loss, always `<prefix>-final.pt`, a
 `checkpoints.json` manifest with checksums, and a `last.pt` resume state (trainable weights,
 optimizer, scheduler, RNG, data position). Every file is written atomically.
+
+Also the one place that turns "a checkpoint file or a run directory" into a checkpoint:
+`resolve_checkpoint`, `resolve_adapter` and `resolve_draft` (a run's best), and `run_checkpoints`
+(every checkpoint of a run, for a side-by-side comparison).
 """
 
 from __future__ import annotations
@@ -62,6 +66,69 @@ def best_checkpoint(checkpoint_dir: str | Path, key: str = "eval_loss") -> Path:
     if not chosen:
         raise FmlabError(f"{checkpoint_dir}: manifest lists no checkpoint")
     return Path(checkpoint_dir) / chosen["path"]
+
+
+# --- a file or a run directory -> a checkpoint (every caller resolves through these) ----------------
+
+BASE = "base"  # the name of the base model (zero LoRA) among a run's checkpoints
+NO_DRAFT = "default"  # `--draft-checkpoint default`: the assets' own draft-model.pt
+
+
+def resolve_checkpoint(path: str | Path, draft: bool = False, missing: str = "no such checkpoint file") -> Path:
+    """A checkpoint file, or a training run directory: its best checkpoint (a draft run's best by
+    acceptance when recorded, else by eval loss). Raises `FmlabError("<path>: <missing>")` when there
+    is no such file."""
+
+    path = Path(path)
+    if path.is_dir():
+        best = read_manifest(path).get("best_by_acceptance") if draft else None
+        path = path / best if best else best_checkpoint(path)
+    if not path.is_file():
+        raise FmlabError(f"{path}: {missing}")
+    return path
+
+
+def resolve_adapter(checkpoint: str | Path | None) -> Path | None:
+    """An adapter file, or the best checkpoint (by eval loss) of an adapter run directory; None: none."""
+
+    if checkpoint is None:
+        return None
+    return resolve_checkpoint(checkpoint, missing="no such adapter checkpoint or run directory")
+
+
+def resolve_draft(spec: str | Path | None) -> Path | None:
+    """None for the assets' own draft (None or 'default'), else a draft checkpoint file, or a draft run
+    directory's best draft by acceptance (else by eval loss)."""
+
+    if spec is None or str(spec) == NO_DRAFT:
+        return None
+    return resolve_checkpoint(
+        spec,
+        draft=True,
+        missing="no such draft checkpoint (use 'default', a draft-model-*.pt file or a draft run directory)",
+    )
+
+
+def run_checkpoints(run_dir: str | Path, include_base: bool = True) -> dict[str, Path | None]:
+    """{"base": None, "adapter-epoch1": path, ..., "adapter-final": path} from a run's `checkpoints.json`:
+    the kept checkpoints in step order, then the final one. A final checkpoint with the same weights
+    (sha256) as a kept one is not run twice: that one is named e.g. "adapter-epoch2 (= final)"."""
+
+    manifest = read_manifest(run_dir)
+    kept = sorted(manifest["checkpoints"], key=lambda c: (c.get("step") or 0, c["path"]))
+    names = {c["path"]: Path(c["path"]).stem for c in kept}
+    final = manifest.get("final")
+    if final:
+        twin = next((c for c in kept if final.get("sha256") and c.get("sha256") == final["sha256"]), None)
+        if twin is not None:
+            names[twin["path"]] += " (= final)"
+        else:
+            kept.append(final)
+            names[final["path"]] = Path(final["path"]).stem
+    models: dict[str, Path | None] = {BASE: None} if include_base else {}
+    for entry in kept:
+        models[names[entry["path"]]] = Path(run_dir) / entry["path"]
+    return models
 
 
 def _take_learning_rate(optimizer, scheduler, base_lrs: list[float]) -> None:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import sys
 
 from fmlab.checkpoints.assets import load_base, load_draft, load_tokenizer
-from fmlab.checkpoints.run_dir import best_checkpoint, read_manifest
+from fmlab.checkpoints.run_dir import resolve_adapter, resolve_draft
 from fmlab.data.chat_template import GENERATION_PROMPT, encode_prompt
 from fmlab.data.validate import DataError, read_messages
 from fmlab.errors import FmlabError
+from fmlab.infer.acceptance import measure_acceptance
 from fmlab.infer.generate import generate, stop_ids
 from fmlab.infer.sampling import Sampling
-from fmlab.infer.speculative import speculative_generate
 from fmlab.model.precision import PRECISIONS, resolve_device
-from fmlab.train.draft import resolve_adapter
 
 # --- generate (inference: base, adapter, speculative decoding) ------------------------------------
 
@@ -98,7 +97,7 @@ def _generate_prompts(tokenizer, prompt: str) -> list[tuple[str, list[int]]]:
                 file=sys.stderr,
             )
             for s in samples:
-                s.messages = s.messages[:-1]
+                s.messages = s.prompt
         return [(s.where, encode_prompt(tokenizer, s.messages, s.tools)) for s in samples]
     if "<turn_start>" in prompt:  # already templated: add the generation prompt if it is missing
         text = prompt.replace("\n", "<n>")
@@ -109,26 +108,8 @@ def _generate_prompts(tokenizer, prompt: str) -> list[tuple[str, list[int]]]:
     return [(prompt, encode_prompt(tokenizer, [{"role": "user", "content": prompt}]))]
 
 
-def _draft_path(spec: str):
-    """None for the assets' own draft ('default'), else a draft checkpoint file."""
-    from pathlib import Path
-
-    if spec == "default":
-        return None
-    path = Path(spec)
-    if path.is_dir():
-        best = read_manifest(path).get("best_by_acceptance")
-        path = path / best if best else best_checkpoint(path)
-    if not path.is_file():
-        raise FmlabError(
-            f"{spec}: no such draft checkpoint (use 'default', a draft-model-*.pt file or a draft run directory)"
-        )
-    return path
-
-
 def cmd_generate(args):
     import json
-    import time
 
     import torch
 
@@ -139,7 +120,7 @@ def cmd_generate(args):
     model = load_base(args.assets, checkpoint=resolve_adapter(args.checkpoint), device=device)
     draft = None
     if args.draft_checkpoint:
-        draft = load_draft(args.assets, checkpoint=_draft_path(args.draft_checkpoint), device=device)
+        draft = load_draft(args.assets, checkpoint=resolve_draft(args.draft_checkpoint), device=device)
         if draft.config.vocab_size != model.config.vocab_size:
             raise FmlabError(
                 f"draft vocabulary {draft.config.vocab_size} != base vocabulary "
@@ -178,12 +159,20 @@ def cmd_generate(args):
         if args.batch_size > 1:
             print("note: speculative decoding runs one prompt at a time; --batch-size is ignored", file=sys.stderr)
         stop = stop_ids(tokenizer)
-        for label, ids in prompts:
-            start = time.perf_counter()
-            out, stats = speculative_generate(
-                model, draft, ids, stop, args.max_new_tokens, args.num_draft_tokens, sampling, args.precision
-            )
-            latency = time.perf_counter() - start
+        spec = measure_acceptance(
+            model,
+            draft,
+            [ids for _, ids in prompts],
+            args.num_draft_tokens,
+            args.max_new_tokens,
+            stop=stop,
+            sampling=sampling,
+            precision=args.precision,
+            time_plain=False,
+        )
+        for (label, ids), out, stats in zip(prompts, spec["outputs"], spec["per_prompt"]):
+            stats = dict(stats)
+            latency = stats.pop("latency_s")
             records.append(
                 {
                     "prompt": label,
@@ -209,14 +198,10 @@ def cmd_generate(args):
             f"{r['tokens_per_s']:.1f} tokens/s]"
         )
     if draft is not None:
-        proposed = sum(r["speculative"]["proposed"] for r in records)
-        accepted = sum(r["speculative"]["accepted"] for r in records)
-        rounds = sum(r["speculative"]["rounds"] for r in records)
-        tokens = sum(r["tokens"] for r in records)
         print(
-            f"speculative decoding (k={args.num_draft_tokens}): accepted {accepted}/{proposed} drafted tokens "
-            f"(acceptance rate {accepted / max(proposed, 1):.1%}), mean accepted length "
-            f"{accepted / max(rounds, 1):.2f}, {tokens / max(rounds, 1):.2f} tokens per target forward",
+            f"speculative decoding (k={args.num_draft_tokens}): accepted {spec['accepted']}/{spec['proposed']} "
+            f"drafted tokens (acceptance rate {spec['acceptance_rate']:.1%}), mean accepted length "
+            f"{spec['mean_accepted_length']:.2f}, {spec['tokens_per_round']:.2f} tokens per target forward",
             file=sys.stderr if args.output == "jsonl" else sys.stdout,
         )
     return 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from types import SimpleNamespace
 
 from fmlab.checkpoints.assets import BASE_CONFIG, assets_dir
 from fmlab.data.validate import read_messages
@@ -12,10 +14,14 @@ from fmlab.model.precision import PRECISIONS
 from fmlab.train.adapter import DataConfig, train_adapter
 from fmlab.train.draft import train_draft
 from fmlab.train.loop import TrainConfig
+from fmlab.train.losses import DIVERGENCES
 
 # --- training (adapters and drafts share the loop and most flags) -----------------------------------
 
 TRAIN, DATA = TrainConfig(), DataConfig()  # the flags' defaults are the library's, declared once there
+DRAFT = SimpleNamespace(  # train-draft's own flags: train_draft's keyword defaults
+    **{n: p.default for n, p in inspect.signature(train_draft).parameters.items() if p.default is not p.empty}
+)
 
 
 def _training_flags(p, draft: bool = False):
@@ -139,11 +145,14 @@ def add_train_draft(sub):
         "checkpoint by eval loss); default: the base alone",
     )
     _training_flags(p, draft=True)
-    p.add_argument("--divergence", default="reverse_kl", choices=("reverse_kl", "forward_kl", "jsd"))
-    p.add_argument("--distill-temperature", type=float, default=1.0)
-    p.add_argument("--jsd-beta", type=float, default=0.5)
+    p.add_argument("--divergence", default=DRAFT.divergence, choices=tuple(DIVERGENCES))
+    p.add_argument("--distill-temperature", type=float, default=DRAFT.temperature)
+    p.add_argument("--jsd-beta", type=float, default=DRAFT.beta)
     p.add_argument(
-        "--on-policy", type=float, default=0.0, help="fraction of batches scored on the draft's own continuations (GKD)"
+        "--on-policy",
+        type=float,
+        default=DRAFT.on_policy,
+        help="fraction of batches scored on the draft's own continuations (GKD)",
     )
     p.add_argument(
         "--teacher-replies",
@@ -154,7 +163,7 @@ def add_train_draft(sub):
     p.add_argument(
         "--cache-teacher-topk",
         type=int,
-        default=0,
+        default=DRAFT.cache_teacher_topk,
         metavar="K",
         help="keep the teacher's top-K log-probabilities per document (in memory and in "
         "CHECKPOINT_DIR/teacher-topk.pt), so later epochs skip the teacher: 6K + 2 bytes per "
@@ -165,7 +174,7 @@ def add_train_draft(sub):
         help="chat JSONL of held-out prompts: score every saved draft by acceptance and speedup (default: --eval-data)",
     )
     p.add_argument("--num-score-prompts", type=int, default=8)
-    p.add_argument("--num-draft-tokens", type=int, default=5)
+    p.add_argument("--num-draft-tokens", type=int, default=DRAFT.num_draft_tokens)
     p.add_argument("--plot", help="write the loss curve PNG here (default: CHECKPOINT_DIR/loss.png)")
     p.set_defaults(func=cmd_train_draft, warmup_fraction=0.1)
 
@@ -175,28 +184,25 @@ def cmd_train_draft(args):
     prompts = None
     source = args.score_prompts or args.eval_data
     if source:
-        prompts = [
-            s.messages[:-1] if s.messages[-1]["role"] == "assistant" else s.messages
-            for s in read_messages(source, mode="train" if not args.score_prompts else "prompt")
-        ]
+        prompts = [s.prompt for s in read_messages(source, mode="train" if not args.score_prompts else "prompt")]
         prompts = prompts[: args.num_score_prompts]
     summary = train_draft(
         args.train_data,
         args.checkpoint_dir,
         args.eval_data,
-        args.checkpoint,
-        config,
-        _data_config(args),
-        args.assets,
-        args.divergence,
-        args.distill_temperature,
-        args.jsd_beta,
-        args.on_policy,
-        args.target_precision,
-        args.compile_target_model,
-        prompts,
-        args.num_draft_tokens,
-        args.device,
+        checkpoint=args.checkpoint,
+        config=config,
+        data=_data_config(args),
+        assets=args.assets,
+        divergence=args.divergence,
+        temperature=args.distill_temperature,
+        beta=args.jsd_beta,
+        on_policy=args.on_policy,
+        target_precision=args.target_precision,
+        compile_target=args.compile_target_model,
+        score_prompts=prompts,
+        num_draft_tokens=args.num_draft_tokens,
+        device=args.device,
         callbacks=_plot_callbacks(args),
         resume=args.resume,
         teacher_replies=args.teacher_replies,

@@ -67,6 +67,12 @@ class Sample:
     def is_training(self) -> bool:
         return self.messages[-1]["role"] == "assistant"
 
+    @property
+    def prompt(self) -> list[dict]:
+        """What a model is asked to answer: the messages up to the last assistant turn, which is dropped
+        when the sample ends with it (a training sample); a prompt sample's messages as they are."""
+        return self.messages[:-1] if self.is_training else list(self.messages)
+
 
 def _check_message(i: int, message, errors: list[str], notes: list[str]) -> str | None:
     """Check one message's fields; return its role when it is usable for the order check."""

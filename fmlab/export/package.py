@@ -34,7 +34,7 @@ from fmlab.checkpoints.apple_format import (
     read_adapter,
 )
 from fmlab.checkpoints.assets import BASE_CONFIG, BASE_WEIGHTS, DRAFT_CONFIG, assets_dir
-from fmlab.checkpoints.run_dir import best_checkpoint, read_manifest
+from fmlab.checkpoints.run_dir import resolve_checkpoint
 from fmlab.errors import FmlabError
 from fmlab.export.coreml_draft import export_coreml_draft, import_coremltools
 from fmlab.export.draft_template import fill_template, template_files
@@ -258,19 +258,6 @@ def package_files(package: Path) -> dict[str, dict]:
 
 def load_draft_state(path: str | Path, cfg: ModelConfig) -> dict:
     return from_apple(load_torch(path), cfg, str(path))
-
-
-def resolve_checkpoint(path: str | Path, draft: bool = False) -> Path:
-    """A checkpoint file, or a training run directory: its best checkpoint (a draft run's best by
-    acceptance when recorded, else by eval loss)."""
-
-    path = Path(path)
-    if path.is_dir():
-        best = read_manifest(path).get("best_by_acceptance") if draft else None
-        path = path / best if best else best_checkpoint(path)
-    if not path.is_file():
-        raise FmlabError(f"{path}: no such checkpoint file")
-    return path
 
 
 def export_fmadapter(

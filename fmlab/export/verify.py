@@ -43,9 +43,8 @@ from fmlab.export.package import (
     read_adapter_weights,
 )
 from fmlab.export.quant4 import relative_error
+from fmlab.infer.acceptance import measure_acceptance
 from fmlab.infer.generate import encode_prompts, stop_ids
-from fmlab.infer.sampling import Sampling
-from fmlab.infer.speculative import speculative_generate
 from fmlab.model.config import from_tamm_json
 from fmlab.model.lora import is_lora_b
 from fmlab.model.transformer import build_model
@@ -78,6 +77,37 @@ class Report:
     def add(self, name: str, ok: bool | None, detail: str = "") -> bool | None:
         self.checks.append(Check(name, ok, detail))
         return ok
+
+    def draft_table(self):
+        """One row per draft the report measured (the full-precision source first, then each 4-bit
+        variant): acceptance, its drop against full precision, and the mean and max relative error."""
+        import pandas as pd
+
+        n = self.numbers
+        rows = []
+        if "acceptance_fp" in n:
+            rows.append(
+                {
+                    "draft": "full precision (fp32)",
+                    "acceptance": n["acceptance_fp"],
+                    "drop": 0.0,
+                    "mean relative error": 0.0,
+                    "max relative error": 0.0,
+                }
+            )
+        for name, v in n.items():
+            if isinstance(v, dict) and "acceptance" in v:
+                rows.append(
+                    {
+                        "draft": name,
+                        "acceptance": v["acceptance"],
+                        "drop": v["acceptance_drop"],
+                        "mean relative error": v["mean_relative_error"],
+                        "max relative error": v["max_relative_error"],
+                    }
+                )
+        columns = ["draft", "acceptance", "drop", "mean relative error", "max relative error"]
+        return pd.DataFrame(rows, columns=columns).set_index("draft")
 
     def text(self) -> str:
         mark = {True: "PASS", False: "FAIL", None: "SKIP"}
@@ -190,16 +220,10 @@ def _prompts(assets: Path, n: int, vocab: int) -> tuple[list[list[int]], set[int
     return [torch.randint(2, vocab, (16,), generator=g).tolist() for _ in range(n)], {1}
 
 
-def acceptance(target, draft, prompts, stop, k: int, max_new_tokens: int) -> tuple[float, list[list[int]]]:
-    """Greedy speculative decoding over the prompts: (accepted / proposed, outputs)."""
-
-    proposed = accepted = 0
-    outputs = []
-    for p in prompts:
-        out, stats = speculative_generate(target, draft, p, stop, max_new_tokens, k, Sampling(temperature=0.0))
-        proposed, accepted = proposed + stats["proposed"], accepted + stats["accepted"]
-        outputs.append(out)
-    return accepted / max(proposed, 1), outputs
+def _acceptance(target, draft, prompts, stop, k: int, max_new_tokens: int) -> tuple[float, list[list[int]]]:
+    """Greedy speculative decoding over the prompts, untimed: (accepted / proposed, outputs)."""
+    m = measure_acceptance(target, draft, prompts, k, max_new_tokens, stop=stop, time_plain=False)
+    return m["acceptance_rate"], m["outputs"]
 
 
 def _check_drafts(
@@ -252,13 +276,13 @@ def _check_drafts(
     prompts, stop = _prompts(assets, num_prompts, draft_cfg.vocab_size)
     draft = build_model(draft_cfg).eval()
     draft.load_state_dict(src, strict=True)
-    rate_fp, out_fp = acceptance(target, draft, prompts, stop, k, max_new_tokens)
+    rate_fp, out_fp = _acceptance(target, draft, prompts, stop, k, max_new_tokens)
     report.numbers["acceptance_fp"] = rate_fp
     for name, state in variants.items():
         errors = {key: relative_error(src[key], state[key]) for key in src if src[key].ndim == 2}
         worst = max(errors, key=errors.get)
         draft.load_state_dict(state, strict=True)
-        rate_q, out_q = acceptance(target, draft, prompts, stop, k, max_new_tokens)
+        rate_q, out_q = _acceptance(target, draft, prompts, stop, k, max_new_tokens)
         mean = sum(errors.values()) / len(errors)
         report.numbers[name] = {
             "max_relative_error": errors[worst],

@@ -26,13 +26,12 @@ import torch
 
 from fmlab.checkpoints.apple_format import load_adapter
 from fmlab.checkpoints.assets import load_base
-from fmlab.checkpoints.run_dir import best_checkpoint, read_manifest
+from fmlab.checkpoints.run_dir import BASE, resolve_checkpoint
 from fmlab.errors import FmlabError
 from fmlab.infer.generate import generate
 from fmlab.infer.sampling import Sampling
 from fmlab.model.lora import is_lora_b, is_lora_name, lora_modules, merge_lora, unmerge_lora
 
-BASE = "base"
 COLUMNS = [
     "prompt_id",
     "prompt",
@@ -45,28 +44,6 @@ COLUMNS = [
     "tokens_per_s",
     "score",
 ]
-
-
-def run_checkpoints(run_dir: str | Path, include_base: bool = True) -> dict[str, Path | None]:
-    """{"base": None, "adapter-epoch1": path, ..., "adapter-final": path} from a run's `checkpoints.json`:
-    the kept checkpoints in step order, then the final one. A final checkpoint with the same weights
-    (sha256) as a kept one is not run twice: that one is named e.g. "adapter-epoch2 (= final)"."""
-
-    manifest = read_manifest(run_dir)
-    kept = sorted(manifest["checkpoints"], key=lambda c: (c.get("step") or 0, c["path"]))
-    names = {c["path"]: Path(c["path"]).stem for c in kept}
-    final = manifest.get("final")
-    if final:
-        twin = next((c for c in kept if final.get("sha256") and c.get("sha256") == final["sha256"]), None)
-        if twin is not None:
-            names[twin["path"]] += " (= final)"
-        else:
-            kept.append(final)
-            names[final["path"]] = Path(final["path"]).stem
-    models: dict[str, Path | None] = {BASE: None} if include_base else {}
-    for entry in kept:
-        models[names[entry["path"]]] = Path(run_dir) / entry["path"]
-    return models
 
 
 def split_prompt(prompt) -> tuple[object, str | None]:
@@ -131,11 +108,7 @@ def use_adapter(model, adapter: str | Path | None) -> None:
                 if is_lora_b(n):
                     p.zero_()
         return
-    path = Path(adapter)
-    if path.is_dir():
-        path = best_checkpoint(path)
-    if not path.is_file():
-        raise FmlabError(f"{path}: no such adapter checkpoint")
+    path = resolve_checkpoint(adapter, missing="no such adapter checkpoint")
     load_adapter(getattr(model, "_orig_mod", model), path)
 
 
@@ -146,6 +119,7 @@ def compare(
     max_new_tokens: int = 50,
     sampling: Sampling | None = None,
     score_fn: Callable[[object, str], float] | None = None,
+    *,
     batch_size: int = 1,
     base_model=None,
     assets=None,

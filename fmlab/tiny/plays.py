@@ -232,6 +232,22 @@ def play_format_score(prompt, text: str) -> float:
     return sum(parts.values()) / len(parts)
 
 
+def play_format_table(results):
+    """Per model of a `fmlab.infer.compare.compare` result (one row per prompt and model, with its `prompt`
+    and reply `text`): the mean over the prompts of each part of `play_format_checks`, and
+    `play_format_score`, their mean. One row per model, in the results' order."""
+    import pandas as pd
+
+    parts = pd.DataFrame(
+        [play_format_checks(p, t) for p, t in zip(results["prompt"], results["text"])], index=results.index
+    )
+    order = list(dict.fromkeys(results["model"]))
+    table = parts.groupby(results["model"], sort=False).mean().loc[order]
+    table["play_format_score"] = table.mean(axis=1)
+    table.index.name = None
+    return table
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m fmlab.tiny.plays", description="write the toy play-writing splits")
     ap.add_argument("--out", default="data", help="folder for train.jsonl, valid.jsonl, test.jsonl")

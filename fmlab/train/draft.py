@@ -6,7 +6,6 @@ acceptance rate and wall-clock speedup against that teacher on held-out prompts.
 
 from __future__ import annotations
 
-import time
 import warnings
 from pathlib import Path
 
@@ -14,29 +13,15 @@ import torch
 
 from fmlab.checkpoints.apple_format import save_model
 from fmlab.checkpoints.assets import load_base, load_draft, load_tokenizer
-from fmlab.checkpoints.run_dir import CheckpointManager, best_checkpoint
+from fmlab.checkpoints.run_dir import CheckpointManager, resolve_adapter
 from fmlab.errors import FmlabError
-from fmlab.infer.generate import encode_prompts, generate_ids, stop_ids
-from fmlab.infer.sampling import Sampling
-from fmlab.infer.speculative import speculative_generate
+from fmlab.infer.acceptance import measure_acceptance
+from fmlab.infer.generate import encode_prompts, stop_ids
 from fmlab.model.precision import resolve_device
 from fmlab.train.adapter import DataConfig, load_batches
 from fmlab.train.distill import DistillLoss, write_teacher_replies
 from fmlab.train.loop import TrainConfig, train
 from fmlab.train.teacher_cache import TeacherTopK, teacher_fingerprint
-
-
-def resolve_adapter(checkpoint: str | Path | None) -> Path | None:
-    """An adapter file, or the best checkpoint (by eval loss) of an adapter run directory."""
-
-    if checkpoint is None:
-        return None
-    path = Path(checkpoint)
-    if path.is_dir():
-        return best_checkpoint(path)
-    if not path.is_file():
-        raise FmlabError(f"{path}: no such adapter checkpoint or run directory")
-    return path
 
 
 def load_teacher(assets=None, checkpoint=None, device="cpu"):
@@ -50,6 +35,7 @@ def train_draft(
     train_data,
     checkpoint_dir,
     eval_data=None,
+    *,
     checkpoint=None,
     config=None,
     data=None,
@@ -140,37 +126,7 @@ def train_draft(
     return summary
 
 
-@torch.no_grad()
-def measure_speculation(
-    teacher,
-    draft,
-    prompts: list[list[int]],
-    stop,
-    num_draft_tokens=5,
-    max_new_tokens=64,
-    precision="f32",
-    plain_seconds: float | None = None,
-) -> dict:
-    """Acceptance rate and speedup of `draft` for `teacher` at T=0 over `prompts` (token ids)."""
-
-    greedy = Sampling(temperature=0.0)
-    if plain_seconds is None:
-        start = time.perf_counter()
-        for p in prompts:
-            generate_ids(teacher, [p], stop, max_new_tokens, greedy, precision=precision)
-        plain_seconds = time.perf_counter() - start
-    proposed = accepted = 0
-    start = time.perf_counter()
-    for p in prompts:
-        _, stats = speculative_generate(teacher, draft, p, stop, max_new_tokens, num_draft_tokens, greedy, precision)
-        proposed, accepted = proposed + stats["proposed"], accepted + stats["accepted"]
-    spec_seconds = time.perf_counter() - start
-    return {
-        "acceptance_rate": accepted / max(proposed, 1),
-        "speedup": plain_seconds / spec_seconds,
-        "plain_seconds": plain_seconds,
-        "speculative_seconds": spec_seconds,
-    }
+SCORES = ("acceptance_rate", "speedup", "plain_seconds", "speculative_seconds")  # per draft, as recorded
 
 
 def score_drafts(
@@ -197,9 +153,9 @@ def score_drafts(
     results = []
     for name, path in candidates:
         draft = load_draft(assets, checkpoint=path, device=next(teacher.parameters()).device)
-        m = measure_speculation(teacher, draft, ids, stop, num_draft_tokens, max_new_tokens, plain_seconds=plain)
+        m = measure_acceptance(teacher, draft, ids, num_draft_tokens, max_new_tokens, stop=stop, plain_seconds=plain)
         plain = m["plain_seconds"]
-        results.append({"draft": name, **m})
+        results.append({"draft": name, **{key: m[key] for key in SCORES}})
         if path is not None:
             manager.annotate(name, acceptance_rate=m["acceptance_rate"], speedup=m["speedup"])
     saved = [r for r in results if r["draft"] != "start"]
