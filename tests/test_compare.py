@@ -7,25 +7,22 @@ import math
 import pandas as pd
 import pytest
 import torch
+from helpers import randomize_lora
 
 from fmlab.checkpoints.apple_format import save_adapter
 from fmlab.checkpoints.run_dir import run_checkpoints
-from fmlab.infer.compare import compare, flips, split_prompt, summary, to_html, wide
+from fmlab.infer.compare import compare, flips, score_table, split_prompt, to_html, wide
 from fmlab.infer.generate import generate
 from fmlab.infer.sampling import Sampling
 from fmlab.model.config import preset
-from fmlab.model.lora import lora_state_dict, merge_lora
+from fmlab.model.lora import is_lora_b, lora_state_dict, merge_lora
 from fmlab.model.transformer import build_model
 
 PROMPTS = ["Write a scene about the king.", [{"role": "user", "content": "Why is the queen in the castle?"}]]
 
 
 def random_adapter(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".lora_b." in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    randomize_lora(model, 0.3, seed)
 
 
 @pytest.fixture
@@ -87,7 +84,7 @@ def test_base_is_the_zero_lora_model_and_adapters_are_restored(lm, tiny_tokenize
     zero.load_state_dict(lm.state_dict())
     with torch.no_grad():
         for name, p in zero.named_parameters():
-            if ".lora_b." in name:
+            if is_lora_b(name):
                 p.zero_()
     greedy = Sampling(temperature=0.0)
     expected = [g.text for g in generate(zero, tiny_tokenizer, PROMPTS, 8, greedy)]
@@ -160,7 +157,7 @@ def test_flips_against_the_base():
 
 
 def test_summary_per_model():
-    s = summary(fake_results(), threshold=0.5)
+    s = score_table(fake_results(), threshold=0.5)
     assert list(s.index) == ["base", "x", "y"]
     assert s.loc["x", "improved"] == 1 and s.loc["x", "regressed"] == 1
     assert s.loc["y", "improved"] == 0 and s.loc["y", "regressed"] == 1
@@ -168,7 +165,7 @@ def test_summary_per_model():
     assert math.isclose(s.loc["base", "mean_score"], (0.2 + 0.9 + 0.6) / 3)
     assert math.isclose(s.loc["x", "pass_rate"], 2 / 3) and math.isclose(s.loc["x", "mean_latency_s"], 1.1)
     no_scores = fake_results().assign(score=float("nan"))
-    assert "mean_score" not in summary(no_scores).columns
+    assert "mean_score" not in score_table(no_scores).columns
     with pytest.raises(Exception, match="no scores"):
         flips(no_scores)
 

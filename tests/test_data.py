@@ -1,4 +1,4 @@
-"""Data pipeline: validation of every line with file:line errors, tokenization report, packing, collation, batches."""
+"""Data pipeline: validation of every line with file:line errors, tokenization statistics, packing, collation, batches."""
 
 import json
 import random
@@ -108,7 +108,7 @@ def test_sample_response_format_goes_to_the_last_user_message(tmp_path):
     assert "response_format" not in messages[0] and messages[2]["response_format"] == fmt
 
 
-# --- tokenization and report ----------------------------------------------------------------------------
+# --- tokenization and stats ----------------------------------------------------------------------------
 
 
 def test_tokenize_dataset_report(tiny_tokenizer):
@@ -119,16 +119,16 @@ def test_tokenize_dataset_report(tiny_tokenizer):
         Sample([U], source="f", line=3),
     ]
     data = tokenize_dataset(tiny_tokenizer, samples, max_len=60)
-    report = data.report
-    assert (report.num_samples, report.num_with_system) == (3, 1)
-    assert report.turns == {"user": 3, "assistant": 2, "system": 1}
-    assert report.lengths[1] > 60 and report.over_max == ["f:2"]
-    assert [len(s.input_ids) for s in data.samples] == [report.lengths[0], 60, report.lengths[2]]
+    stats = data.stats
+    assert (stats.num_samples, stats.num_with_system) == (3, 1)
+    assert stats.turns == {"user": 3, "assistant": 2, "system": 1}
+    assert stats.lengths[1] > 60 and stats.over_max == ["f:2"]
+    assert [len(s.input_ids) for s in data.samples] == [stats.lengths[0], 60, stats.lengths[2]]
     assert all(label == IGNORE for label in data.samples[2].label_ids)  # a prompt trains nothing
     trained = sum(label != IGNORE for s in data.samples for label in s.label_ids)
-    assert report.trained_tokens == trained and report.total_tokens == sum(len(s.input_ids) for s in data.samples)
-    assert 0 < report.trained_fraction < 1
-    assert "longer than max length 60: 1" in report.summary()
+    assert stats.trained_tokens == trained and stats.total_tokens == sum(len(s.input_ids) for s in data.samples)
+    assert 0 < stats.trained_fraction < 1
+    assert "longer than max length 60: 1" in stats.text()
     with pytest.raises(DataError, match="f:2: .* tokens, longer than max length 60"):
         tokenize_dataset(tiny_tokenizer, samples, max_len=60, reject_long=True)
 

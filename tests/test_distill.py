@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import randomize_lora
 
 from fmlab.checkpoints.apple_format import save_model
 from fmlab.model.config import preset
@@ -43,9 +44,7 @@ def _pair(seed=0):
     student = build_model(preset("tiny-draft"), seed=seed + 1).train()
     with torch.no_grad():  # a teacher with sharp, non-trivial preferences (a trained adapter)
         teacher.embedding.weight.mul_(10)
-        for name, p in teacher.named_parameters():
-            if ".lora_b." in name:
-                p.normal_(0, 1.0)
+    randomize_lora(teacher, 1.0)
     return teacher, student
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import randomize_lora
 
 from fmlab.checkpoints.apple_format import save_adapter, to_apple
 from fmlab.cli import main
@@ -50,10 +51,7 @@ def assets(tmp_path_factory):
                 p.uniform_(0.5, 1.5)
     (d / "draft-model-config.json").write_text(json.dumps(to_tamm_json(dcfg)))
     torch.save(to_apple(draft.state_dict(), dcfg), d / "draft-model.pt")
-    with torch.no_grad():
-        for name, p in base.named_parameters():
-            if ".lora_b." in name:
-                p.normal_(0, 0.05)
+    randomize_lora(base, 0.05)
     adapter = save_adapter(base, d.parent / "adapter.pt")
     return {
         "dir": d,

@@ -161,7 +161,7 @@ def test_accepted_variants(tmp_path, tiny_tokenizer):
     ).encode()
     assert check(path, GOOD + b"\n" + big + b"\n", tokenizer=tiny_tokenizer) == "accepted"
     tokenized = tokenize_dataset(tiny_tokenizer, read_messages(path), max_len=4096)
-    assert tokenized.report.over_max == [f"{path}:2"]  # truncated and reported, not dropped
+    assert tokenized.stats.over_max == [f"{path}:2"]  # truncated and reported, not dropped
     nested_ok = json.dumps(
         [
             {"role": "user", "content": "q"},

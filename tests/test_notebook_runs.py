@@ -26,8 +26,8 @@ def test_a_missing_run_is_trained_into_the_fallback(tmp_path, monkeypatch):
     got = nr.adapter_run(tmp_path / "missing", tmp_path / "fallback", smoke=True)
     assert got == tmp_path / "fallback" and len(calls) == 1
     (train, out, valid, config, _), kwargs = calls[0]
-    assert out == tmp_path / "fallback" and config.precision == "f32" and config.epochs == 1
+    assert out == tmp_path / "fallback" and config.precision == "auto" and config.epochs == 1
     assert len(train.read_text().splitlines()) == nr.SMOKE_SAMPLES["train"]
     assert len(valid.read_text().splitlines()) == nr.SMOKE_SAMPLES["valid"]
     full = nr.adapter_config(smoke=False)
-    assert (full.epochs, full.learning_rate, full.batch_size, full.precision) == (7, 3e-3, 8, "bf16-mixed")
+    assert (full.epochs, full.learning_rate, full.batch_size, full.precision) == (7, 3e-3, 8, "auto")

@@ -10,7 +10,7 @@ from fmlab.data.tokenizer import Tokenizer
 from fmlab.data.validate import DataError, read_messages
 from fmlab.errors import FmlabError
 from fmlab.lab.demo import OUT, run_notebooks
-from fmlab.lab.demo_page import write_summary
+from fmlab.lab.demo_page import write_demo_page
 from fmlab.lab.doctor import FAIL, run_checks, table
 from fmlab.lab.environment import environment_report
 from fmlab.model.config import from_tamm_json, preset
@@ -55,7 +55,7 @@ def cmd_demo(args):
     timings = run_notebooks(smoke=args.smoke, only=args.only)
     for row in timings:
         print(f"{row['notebook']:>24}: {row['seconds']:7.1f} s")
-    print(f"executed notebooks: {OUT / 'notebooks'}\nsummary: {write_summary(OUT, timings)}")
+    print(f"executed notebooks: {OUT / 'notebooks'}\nsummary: {write_demo_page(OUT, timings)}")
 
 
 def add_build_assets(sub):
@@ -153,10 +153,10 @@ def cmd_validate_data(args):
         tokenizer_path = None
     print(f"files: {', '.join(args.files)} (mode {args.mode}): all lines valid")
     if tokenizer_path is None or not tokenizer_path.is_file():
-        print(describe(samples).summary())
+        print(describe(samples).text())
         print(f"no tokenizer at {tokenizer_path or 'the default assets'}: token statistics skipped")
         return 0
     dataset = tokenize_dataset(Tokenizer.from_file(tokenizer_path), samples, args.max_sequence_length)
-    print(dataset.report.summary())
+    print(dataset.stats.text())
     print(f"tokenizer: {tokenizer_path}")
     return 0

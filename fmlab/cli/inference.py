@@ -12,7 +12,7 @@ from fmlab.errors import FmlabError
 from fmlab.infer.acceptance import measure_acceptance
 from fmlab.infer.generate import generate, stop_ids
 from fmlab.infer.sampling import Sampling
-from fmlab.model.precision import PRECISIONS, resolve_device
+from fmlab.model.precision import AUTO, PRECISIONS, choose_precision, describe_choice, resolve_device
 
 # --- generate (inference: base, adapter, speculative decoding) ------------------------------------
 
@@ -28,7 +28,12 @@ def add_generate(sub):
         help="user text; templated text (containing <turn_start>); or a .jsonl file of message "
         "lists, one prompt per line (training samples lose their last assistant turn)",
     )
-    p.add_argument("--precision", default="bf16-mixed", choices=PRECISIONS)
+    p.add_argument(
+        "--precision",
+        default=AUTO,
+        choices=PRECISIONS,
+        help="default auto: bf16-mixed where bf16 is fast here, else f32",
+    )
     p.add_argument("-bs", "--batch-size", type=int, default=1, help="prompts decoded together (left-padded)")
     p.add_argument("-t", "--temperature", type=float, default=1.0, help="<= 1e-5 means greedy")
     p.add_argument("--top-k", type=int, default=50, help="0 turns top-k off")
@@ -126,7 +131,10 @@ def cmd_generate(args):
                 f"draft vocabulary {draft.config.vocab_size} != base vocabulary "
                 f"{model.config.vocab_size}: this draft cannot propose tokens for this base"
             )
-    if args.precision == "bf16":  # bf16 weights throughout (Apple's reportedly degenerate mode)
+    choice = choose_precision(args.precision, device)
+    print(describe_choice(choice), file=sys.stderr)
+    precision = choice.precision
+    if precision == "bf16":  # bf16 weights throughout (Apple's reportedly degenerate mode)
         model, draft = model.to(torch.bfloat16), draft.to(torch.bfloat16) if draft is not None else None
     if args.compile_model:
         model = torch.compile(model)
@@ -139,8 +147,8 @@ def cmd_generate(args):
             [ids for _, ids in prompts],
             args.max_new_tokens,
             sampling,
-            args.batch_size,
-            args.precision,
+            batch_size=args.batch_size,
+            precision=precision,
         )
         for (label, ids), g in zip(prompts, outs):
             records.append(
@@ -167,7 +175,7 @@ def cmd_generate(args):
             args.max_new_tokens,
             stop=stop,
             sampling=sampling,
-            precision=args.precision,
+            precision=precision,
             time_plain=False,
         )
         for (label, ids), out, stats in zip(prompts, spec["outputs"], spec["per_prompt"]):

@@ -18,7 +18,7 @@ class TokenizedSample:
 
 
 @dataclass
-class DatasetReport:
+class DatasetStats:
     """What a dataset holds; the token fields are None until it has been tokenized."""
 
     num_samples: int
@@ -34,7 +34,8 @@ class DatasetReport:
     def trained_fraction(self) -> float | None:
         return None if not self.total_tokens else self.trained_tokens / self.total_tokens
 
-    def summary(self) -> str:
+    def text(self) -> str:
+        """The statistics as lines of text (`fmlab validate-data` prints them)."""
         turns = ", ".join(f"{n} {role}" for role, n in self.turns.items())
         lines = [
             f"samples: {self.num_samples} ({self.num_with_system} with a system turn)",
@@ -69,21 +70,21 @@ class DatasetReport:
 @dataclass
 class TokenizedDataset:
     samples: list[TokenizedSample]
-    report: DatasetReport
+    stats: DatasetStats
     pad_id: int
     eos_id: int
     max_len: int | None = None
 
 
-def describe(samples: list[Sample]) -> DatasetReport:
-    """The structural part of the report: counts of samples and turns."""
+def describe(samples: list[Sample]) -> DatasetStats:
+    """The structural part of the statistics: counts of samples and turns."""
     turns: dict[str, int] = {}
     for sample in samples:
         for message in sample.messages:
             role = "tool" if message["role"] == "function" else message["role"]
             turns[role] = turns.get(role, 0) + 1
     with_system = sum(s.messages[0]["role"] == "system" for s in samples)
-    return DatasetReport(num_samples=len(samples), num_with_system=with_system, turns=turns)
+    return DatasetStats(num_samples=len(samples), num_with_system=with_system, turns=turns)
 
 
 def tokenize_dataset(
@@ -91,11 +92,11 @@ def tokenize_dataset(
 ) -> TokenizedDataset:
     """Encode every sample (training samples with labels, prompts with all labels ignored).
 
-    Samples longer than `max_len` are truncated, as Apple's toolkit does, and listed in the report;
+    Samples longer than `max_len` are truncated, as Apple's toolkit does, and listed in the statistics;
     with `reject_long` they are an error instead, naming each file:line.
     """
-    report = describe(samples)
-    report.lengths, report.max_len = [], max_len
+    stats = describe(samples)
+    stats.lengths, stats.max_len = [], max_len
     encoded, errors = [], []
     for sample in samples:
         try:
@@ -110,21 +111,21 @@ def tokenize_dataset(
         except (ValueError, RecursionError, UnicodeError) as err:  # e.g. tool arguments that are odd JSON
             errors.append(f"{sample.where}: cannot render this sample ({type(err).__name__}: {str(err)[:120]})")
             continue
-        report.lengths.append(len(ids))
+        stats.lengths.append(len(ids))
         if max_len is not None and len(ids) > max_len:
-            report.over_max.append(sample.where)
+            stats.over_max.append(sample.where)
             ids, labels = ids[:max_len], labels[:max_len]
         encoded.append(TokenizedSample(ids, labels, sample.where))
     if errors:
         raise DataError(errors)
-    if reject_long and report.over_max:
+    if reject_long and stats.over_max:
         raise DataError(
             [
                 f"{s.where}: {n} tokens, longer than max length {max_len} (shorten it or raise the max length)"
-                for s, n in zip(samples, report.lengths)
+                for s, n in zip(samples, stats.lengths)
                 if n > max_len
             ]
         )
-    report.total_tokens = sum(len(s.input_ids) for s in encoded)
-    report.trained_tokens = sum(label != IGNORE for s in encoded for label in s.label_ids)
-    return TokenizedDataset(encoded, report, tokenizer.pad_id, tokenizer.eos_id, max_len)
+    stats.total_tokens = sum(len(s.input_ids) for s in encoded)
+    stats.trained_tokens = sum(label != IGNORE for s in encoded for label in s.label_ids)
+    return TokenizedDataset(encoded, stats, tokenizer.pad_id, tokenizer.eos_id, max_len)

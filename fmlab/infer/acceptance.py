@@ -16,6 +16,7 @@ import time
 from fmlab.infer.generate import generate_ids
 from fmlab.infer.sampling import Sampling
 from fmlab.infer.speculative import speculative_generate
+from fmlab.model.precision import AUTO
 
 GREEDY = Sampling(temperature=0.0)
 COUNTS = ("proposed", "accepted", "rounds", "new_tokens")
@@ -56,7 +57,7 @@ def sweep_k(
     *,
     stop=(),
     sampling: Sampling | None = None,
-    precision: str = "f32",
+    precision: str = AUTO,
     compile_model: bool = False,
     time_plain: bool = True,
     plain_seconds: float | None = None,
@@ -122,7 +123,7 @@ def measure_acceptance(
     *,
     stop=(),
     sampling: Sampling | None = None,
-    precision: str = "f32",
+    precision: str = AUTO,
     compile_model: bool = False,
     time_plain: bool = True,
     plain_seconds: float | None = None,
@@ -165,7 +166,7 @@ def decode_cost_ratio(
     prompts: list[list[int]],
     max_new_tokens: int = 64,
     *,
-    precision: str = "f32",
+    precision: str = AUTO,
     repeats: int = 1,
 ) -> dict:
     """Per-token decode cost of the draft over the target's, c: both decode every prompt for a fixed

@@ -31,6 +31,7 @@ from fmlab.errors import FmlabError
 from fmlab.infer.generate import generate
 from fmlab.infer.sampling import Sampling
 from fmlab.model.lora import is_lora_b, is_lora_name, lora_modules, merge_lora, unmerge_lora
+from fmlab.model.precision import AUTO
 
 COLUMNS = [
     "prompt_id",
@@ -116,14 +117,14 @@ def compare(
     models: dict,
     tokenizer,
     prompts,
+    *,
     max_new_tokens: int = 50,
     sampling: Sampling | None = None,
     score_fn: Callable[[object, str], float] | None = None,
-    *,
     batch_size: int = 1,
     base_model=None,
     assets=None,
-    precision: str = "f32",
+    precision: str = AUTO,
     warmup: bool = True,
     stream: Callable[[str, int, str], None] | None = None,
 ):
@@ -162,9 +163,18 @@ def compare(
                 use_adapter(model, None if spec is None or spec == BASE else spec)
             model.eval()
             if warmup and k == 0:  # the first model should not pay for allocator and kernel warm-up
-                generate(model, tokenizer, inputs[:1], 2, sampling, 1, precision)
+                generate(model, tokenizer, inputs[:1], 2, sampling, precision=precision)
             on_piece = (lambda i, piece, name=name: stream(name, i, piece)) if stream else None
-            outs = generate(model, tokenizer, inputs, max_new_tokens, sampling, batch_size, precision, on_piece)
+            outs = generate(
+                model,
+                tokenizer,
+                inputs,
+                max_new_tokens,
+                sampling,
+                batch_size=batch_size,
+                precision=precision,
+                stream=on_piece,
+            )
             for i, g in enumerate(outs):
                 score = float(score_fn(inputs[i], g.text)) if score_fn else math.nan
                 rows.append(
@@ -222,7 +232,7 @@ def flips(results, base: str = BASE, threshold: float = 0.5):
     return out
 
 
-def summary(results, base: str = BASE, threshold: float = 0.5):
+def score_table(results, base: str = BASE, threshold: float = 0.5):
     """One row per model: mean score and pass rate, flips against the base, reply length and speed."""
     import pandas as pd
 

@@ -115,6 +115,7 @@ def generate_ids(
     stop: set[int],
     max_new_tokens: int = 50,
     sampling: Sampling | None = None,
+    *,
     pad_id: int = 0,
     eos_id: int = 1,
     precision: str = AUTO,
@@ -169,6 +170,7 @@ def generate(
     prompts,
     max_new_tokens: int = 50,
     sampling: Sampling | None = None,
+    *,
     batch_size: int = 1,
     precision: str = AUTO,
     stream: Callable[[int, str], None] | None = None,
@@ -197,11 +199,11 @@ def generate(
             stop,
             max_new_tokens,
             sampling,
-            tokenizer.pad_id,
-            tokenizer.eos_id,
-            precision,
-            on_token if stream else None,
-            compile_model,
+            pad_id=tokenizer.pad_id,
+            eos_id=tokenizer.eos_id,
+            precision=precision,
+            on_token=on_token if stream else None,
+            compile_model=compile_model,
         )
         latency = time.perf_counter() - start
         for ids, prompt, reason in zip(out, chunk, reasons):

@@ -23,7 +23,7 @@ from fmlab.infer.generate import (
 )
 from fmlab.infer.sampling import Sampling, probabilities
 from fmlab.model.lora import frozen_adapters
-from fmlab.model.precision import autocast
+from fmlab.model.precision import AUTO, autocast, resolve_precision
 
 
 @torch.inference_mode()
@@ -35,7 +35,7 @@ def speculative_generate(
     max_new_tokens: int = 50,
     num_draft_tokens: int = 5,
     sampling: Sampling | None = None,
-    precision: str = "f32",
+    precision: str = AUTO,
     compile_model: bool = False,
 ) -> tuple[list[int], dict]:
     """Generate for one prompt; returns (new token ids, acceptance statistics). `compile_model` compiles
@@ -50,6 +50,7 @@ def speculative_generate(
     target, compiled = unwrap_compiled(target, compile_model)
     draft, _ = unwrap_compiled(draft, compiled)
     device = target.embedding.weight.device
+    precision = resolve_precision(precision, device)
     check_context(target, len(prompt), max_new_tokens)
     gen = torch.Generator(device=device).manual_seed(s.seed)
     size = len(prompt) + max_new_tokens + k + 1

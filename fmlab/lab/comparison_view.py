@@ -16,8 +16,8 @@ from fmlab.infer.compare import (
     BASE,
     compare,
     prompt_text,
+    score_table,
     split_prompt,
-    summary,
     to_html,
 )
 from fmlab.infer.sampling import Sampling
@@ -66,9 +66,9 @@ class ComparisonView:
             chosen,
             self.tokenizer,
             prompts if prompts is not None else self.prompts,
-            self.max_new_tokens,
-            self.sampling,
-            self.score_fn,
+            max_new_tokens=self.max_new_tokens,
+            sampling=self.sampling,
+            score_fn=self.score_fn,
             base_model=self.base_model,
             assets=self.assets,
             stream=stream,
@@ -80,7 +80,7 @@ class ComparisonView:
         return self.results
 
     def _summary_html(self, results) -> str:
-        table = summary(results, BASE, self.threshold)
+        table = score_table(results, BASE, self.threshold)
         return table.to_html(float_format=lambda v: f"{v:.3f}", border=0)
 
     def static_html(self) -> str:

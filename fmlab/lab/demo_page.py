@@ -68,7 +68,7 @@ def _package(out: Path) -> list[dict]:
     ]
 
 
-def write_summary(out: str | Path = "out", timings: list[dict] | None = None) -> Path:
+def write_demo_page(out: str | Path = "out", timings: list[dict] | None = None) -> Path:
     out = Path(out)
     parts = [
         f"<!doctype html><meta charset='utf-8'><title>fmlab demo summary</title><style>{STYLE}</style>",

@@ -22,7 +22,7 @@ import torch
 from fmlab.checkpoints.apple_format import save_model, to_apple
 from fmlab.checkpoints.assets import BASE_CONFIG, BASE_WEIGHTS, DRAFT_CONFIG, DRAFT_WEIGHTS, REPO_ASSETS, TOKENIZER
 from fmlab.data.chat_template import IGNORE, render_text
-from fmlab.data.dataset import DatasetReport, TokenizedDataset, TokenizedSample
+from fmlab.data.dataset import DatasetStats, TokenizedDataset, TokenizedSample
 from fmlab.data.packing import Batches
 from fmlab.data.tokenizer import train_tokenizer
 from fmlab.data.validate import read_messages
@@ -93,7 +93,7 @@ def pretraining_data(tokenizer, recipe: Recipe):
         samples.append(lm_sample(([tokenizer.eos_id] + tokenizer.encode(text))[: recipe.max_len], f"text:{i}"))
 
     def dataset(part):
-        report = DatasetReport(num_samples=len(part), num_with_system=0, turns={})
+        report = DatasetStats(num_samples=len(part), num_with_system=0, turns={})
         return TokenizedDataset(part, report, tokenizer.pad_id, tokenizer.eos_id, recipe.max_len)
 
     held_out = Batches(dataset(samples[-256:]), recipe.batch_size, pack=True)
@@ -162,7 +162,7 @@ def write_model_files(model, directory: Path, config_name: str, weights_name: st
 
 def base_play_score(model, tokenizer, test_path: Path, limit: int = 100, max_new_tokens: int = 256) -> float:
     samples = read_messages(test_path)[:limit]
-    prompts = [s.messages[:-1] for s in samples]
+    prompts = [s.prompt for s in samples]
     outs = generate(model, tokenizer, prompts, max_new_tokens, Sampling(temperature=0), batch_size=16, precision=AUTO)
     return sum(play_format_score(p, o.text) for p, o in zip(prompts, outs)) / len(outs)
 

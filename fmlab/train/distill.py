@@ -22,7 +22,7 @@ from fmlab.errors import FmlabError
 from fmlab.files import atomic_write
 from fmlab.infer.generate import generate, generate_ids
 from fmlab.infer.sampling import Sampling
-from fmlab.model.precision import autocast
+from fmlab.model.precision import AUTO, autocast, resolve_precision
 from fmlab.model.transformer import unwrap
 from fmlab.train.losses import DIVERGENCES, target_mask
 from fmlab.train.teacher_cache import coarsen
@@ -35,10 +35,11 @@ class DistillLoss:
         self,
         teacher,
         divergence: str = "reverse_kl",
+        *,
         temperature: float = 1.0,
         beta: float = 0.5,
         on_policy: float = 0.0,
-        teacher_precision: str = "bf16-mixed",
+        teacher_precision: str = AUTO,
         stop: set[int] | None = None,
         seed: int = 0,
         cache=None,
@@ -55,7 +56,8 @@ class DistillLoss:
         self.teacher = teacher.eval().requires_grad_(False)
         self.divergence, self.temperature, self.beta = DIVERGENCES[divergence], temperature, beta
         self.on_policy, self.stop, self.rng = on_policy, stop or set(), random.Random(seed)
-        self.teacher_precision = teacher_precision
+        device = next(teacher.parameters()).device
+        self.teacher_precision = resolve_precision(teacher_precision, device)
         self.cache = cache  # a teacher_cache.TeacherTopK: the teacher's top-k per document
 
     def _teacher_logits(self, batch, mask):
@@ -119,7 +121,7 @@ def write_teacher_replies(
     out_path,
     max_new_tokens: int = 320,
     batch_size: int = 32,
-    precision: str = "bf16-mixed",
+    precision: str = AUTO,
 ) -> dict:
     """Write `train_data` (chat JSONL) to `out_path` with each sample's final assistant reply replaced by
     the teacher's greedy reply to the same prompt (an empty reply keeps the reference). Returns counts.
@@ -133,7 +135,7 @@ def write_teacher_replies(
     lines, stopped, empty = [], 0, 0
     for b in tqdm(range(0, len(samples), batch_size), desc="teacher replies", unit="batch"):
         chunk = samples[b : b + batch_size]
-        prompt_ids = [encode_prompt(tokenizer, s.messages[:-1], s.tools) for s in chunk]
+        prompt_ids = [encode_prompt(tokenizer, s.prompt, s.tools) for s in chunk]
         replies = generate(
             teacher,
             tokenizer,

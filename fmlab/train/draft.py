@@ -17,7 +17,7 @@ from fmlab.checkpoints.run_dir import CheckpointManager, resolve_adapter
 from fmlab.errors import FmlabError
 from fmlab.infer.acceptance import measure_acceptance
 from fmlab.infer.generate import encode_prompts, stop_ids
-from fmlab.model.precision import resolve_device
+from fmlab.model.precision import AUTO, resolve_device, resolve_precision
 from fmlab.train.adapter import DataConfig, load_batches
 from fmlab.train.distill import DistillLoss, write_teacher_replies
 from fmlab.train.loop import TrainConfig, train
@@ -44,7 +44,7 @@ def train_draft(
     temperature: float = 1.0,
     beta: float = 0.5,
     on_policy: float = 0.0,
-    target_precision: str = "bf16-mixed",
+    target_precision: str = AUTO,
     compile_target: bool = False,
     score_prompts=None,
     num_draft_tokens: int = 5,
@@ -62,6 +62,7 @@ def train_draft(
     `teacher_cache`)."""
 
     device = resolve_device(device)
+    target_precision = resolve_precision(target_precision, device)  # the teacher cache records it
     config = config or TrainConfig(prefix="draft-model", schedule="constant", checkpoint_every_n=1)
     data = data or DataConfig()
     tokenizer = load_tokenizer(assets)
@@ -82,7 +83,15 @@ def train_draft(
             cache_teacher_topk, Path(checkpoint_dir) / "teacher-topk.pt", teacher_fingerprint(teacher), target_precision
         )
     loss = DistillLoss(
-        teacher, divergence, temperature, beta, on_policy, target_precision, stop_ids(tokenizer), config.seed, cache
+        teacher,
+        divergence,
+        temperature=temperature,
+        beta=beta,
+        on_policy=on_policy,
+        teacher_precision=target_precision,
+        stop=stop_ids(tokenizer),
+        seed=config.seed,
+        cache=cache,
     )
     if teacher_replies:
         replies = Path(checkpoint_dir) / "teacher-replies.jsonl"
