@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import randomize_lora
+from helpers import randomize_lora, tiny_chat_corpus
 
 from fmlab.model.config import preset
 from fmlab.model.transformer import build_model
@@ -31,30 +31,6 @@ def sharp(model, scale=30.0):
 
 
 # --- tokenizer and chat data (data pipeline) -------------------------------------------------------
-
-
-def tiny_chat_corpus(n: int = 300) -> list[str]:
-    """A few hundred chat-rendered lines from a fixed word list: enough for role words to be pieces."""
-    import random
-
-    from fmlab.data.chat_template import render_text
-
-    rng = random.Random(0)
-    words = (
-        "the a an of to and in is it you that he was for on are with as I his they be at one have this "
-        "from or had by word but what some we can out other were all there when up use your how said "
-        "scene act play king queen castle night enter exit speak love why where 0 1 2 3 4 5 6 7 8 9 "
-        "name weather city today json tool call result"
-    ).split()
-    texts = []
-    for i in range(n):
-        line = lambda k: " ".join(rng.choice(words) for _ in range(k)).capitalize() + rng.choice(".?!")
-        messages = [{"role": "user", "content": line(8)}, {"role": "assistant", "content": line(10) + "\n" + line(6)}]
-        if i % 3 == 0:
-            messages.insert(0, {"role": "system", "content": line(6)})
-        texts.append(render_text(messages))
-    texts.append('{"name": "get_weather", "arguments": {"city": "Paris"}} ```function <>&\'"[]{}:,-_/')
-    return texts
 
 
 @pytest.fixture(scope="session")

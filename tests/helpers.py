@@ -2,13 +2,15 @@
 (crash_worker.py, ddp_worker.py): plain functions, no fixtures (those are in conftest.py)."""
 
 import json
+import random
 import shutil
 
+import sentencepiece as spm
 import torch
 
 from fmlab.checkpoints.apple_format import to_apple
 from fmlab.checkpoints.assets import BASE_CONFIG, BASE_WEIGHTS, DRAFT_CONFIG, DRAFT_WEIGHTS, TOKENIZER
-from fmlab.data.chat_template import IGNORE
+from fmlab.data.chat_template import IGNORE, render_text
 from fmlab.model.config import preset, to_tamm_json
 from fmlab.model.lora import is_lora_b
 from fmlab.model.transformer import build_model
@@ -72,3 +74,39 @@ class Rows:
         for i, (x, y) in enumerate(rows):
             ids[i, : len(x)], labels[i, : len(y)] = x, y
         return {"input_ids": ids, "label_ids": labels, "segment_ids": torch.where(ids == 0, 0, 2)}
+
+
+def tiny_chat_corpus(n: int = 300) -> list[str]:
+    """A few hundred chat-rendered lines from a fixed word list: enough for role words to be pieces."""
+    rng = random.Random(0)
+    words = (
+        "the a an of to and in is it you that he was for on are with as I his they be at one have this "
+        "from or had by word but what some we can out other were all there when up use your how said "
+        "scene act play king queen castle night enter exit speak love why where 0 1 2 3 4 5 6 7 8 9 "
+        "name weather city today json tool call result"
+    ).split()
+    texts = []
+    for i in range(n):
+        line = lambda k: " ".join(rng.choice(words) for _ in range(k)).capitalize() + rng.choice(".?!")
+        messages = [{"role": "user", "content": line(8)}, {"role": "assistant", "content": line(10) + "\n" + line(6)}]
+        if i % 3 == 0:
+            messages.insert(0, {"role": "system", "content": line(6)})
+        texts.append(render_text(messages))
+    texts.append('{"name": "get_weather", "arguments": {"city": "Paris"}} ```function <>&\'"[]{}:,-_/')
+    return texts
+
+
+def plain_tokenizer(path, sentences: int = 100, vocab_size: int = 200):
+    """A SentencePiece model *without* Apple's special pieces, written to `path` (a wrong tokenizer)."""
+    prefix = path.with_suffix("")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(tiny_chat_corpus(sentences)),
+        model_prefix=str(prefix),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        minloglevel=2,
+        num_threads=1,
+    )
+    if prefix.with_suffix(".model") != path:
+        shutil.move(prefix.with_suffix(".model"), path)
+    return path

@@ -8,10 +8,8 @@ import sys
 from collections import namedtuple
 
 import pytest
-import sentencepiece as spm
 import torch
-from conftest import tiny_chat_corpus
-from helpers import write_assets
+from helpers import plain_tokenizer, write_assets
 
 from fmlab.checkpoints.assets import REPO_ASSETS
 from fmlab.cli import main
@@ -45,15 +43,7 @@ def test_a_good_tmp_assets_dir_passes_and_the_cli_prints_a_table(assets, tmp_pat
 
 
 def break_tokenizer(d, tmp_path):
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(tiny_chat_corpus(60)),
-        model_prefix=str(tmp_path / "p"),
-        vocab_size=150,
-        model_type="bpe",
-        minloglevel=2,
-        num_threads=1,
-    )
-    shutil.copy(tmp_path / "p.model", d / "tokenizer.model")
+    shutil.copy(plain_tokenizer(tmp_path / "p.model", 60, 150), d / "tokenizer.model")
 
 
 def break_weights(d, tmp_path):

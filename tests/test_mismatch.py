@@ -2,10 +2,8 @@
 pieces, the base an adapter was trained for)."""
 
 import pytest
-import sentencepiece as spm
 import torch
-from conftest import tiny_chat_corpus
-from helpers import VOCAB, write_assets
+from helpers import VOCAB, plain_tokenizer, write_assets
 
 from fmlab.checkpoints.apple_format import save_adapter, to_apple
 from fmlab.checkpoints.assets import load_base, load_draft, load_tokenizer
@@ -55,15 +53,7 @@ def test_missing_and_extra_keys_are_listed(tmp_path, tiny_tokenizer):
 
 def test_tokenizer_without_the_special_pieces(tmp_path, tiny_tokenizer):
     d = write_assets(tmp_path / "a", tiny_tokenizer)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(tiny_chat_corpus(100)),
-        model_prefix=str(tmp_path / "plain"),
-        vocab_size=200,
-        model_type="bpe",
-        minloglevel=2,
-        num_threads=1,
-    )
-    (d / "tokenizer.model").write_bytes((tmp_path / "plain.model").read_bytes())
+    (d / "tokenizer.model").write_bytes(plain_tokenizer(tmp_path / "plain.model").read_bytes())
     with pytest.raises(FmlabError) as err:
         load_tokenizer(d)
     message = str(err.value)

@@ -40,7 +40,7 @@ from fmlab.export.coreml_draft import export_coreml_draft, import_coremltools
 from fmlab.export.draft_template import fill_template, template_files
 from fmlab.export.mil_blob import BlobWriter, read_blob, read_index
 from fmlab.files import file_sha
-from fmlab.model.config import PRESETS, ModelConfig, from_tamm_json, to_tamm_json
+from fmlab.model.config import PRESETS, TAMM_FIELDS, ModelConfig, from_tamm_json, to_tamm_json
 from fmlab.model.lora import is_lora_b, is_lora_name
 
 BASE_SIGNATURE = "9799725ff8e851184037110b422d891ad3b92ec1"  # Apple's afm-3b (constants.py)
@@ -80,18 +80,9 @@ def check_adapter_name(name: str) -> str:
 
 
 def is_afm_3b(cfg: ModelConfig) -> bool:
+    """The architecture of Apple's base (every field a tamm config carries), whatever its LoRA."""
     ref = PRESETS["afm-3b"]
-    fields = (
-        "vocab_size",
-        "hidden_dim",
-        "num_layers",
-        "num_kv_reuse_layers",
-        "num_heads",
-        "num_kv_heads",
-        "hidden_dim_scale_factor",
-        "rope_theta",
-    )
-    return all(getattr(cfg, f) == getattr(ref, f) for f in fields)
+    return all(getattr(cfg, f) == getattr(ref, f) for f in TAMM_FIELDS)
 
 
 def check_runtime_lora(cfg: ModelConfig) -> None:

@@ -131,7 +131,7 @@ def preset(name: str, **overrides) -> ModelConfig:
 # --- Apple's tamm JSON -----------------------------------------------------------------------------
 
 TAMM_TYPE = "models:AFMTextV7Config"
-_TAMM_FIELDS = {
+TAMM_FIELDS = {
     "vocab_size",
     "hidden_dim",
     "num_layers",
@@ -160,10 +160,10 @@ def from_tamm_json(path: str | Path) -> ModelConfig:
         raise FmlabError(f"{path}: cannot read model config: {err}") from None
     if raw.get("__tamm_type__") != TAMM_TYPE:
         raise FmlabError(f"{path}: __tamm_type__ is {raw.get('__tamm_type__')!r}, expected {TAMM_TYPE!r}")
-    unknown = set(raw) - _TAMM_FIELDS - _TAMM_IGNORED - {"__tamm_type__", "adapters", "arch_optimizers"}
+    unknown = set(raw) - TAMM_FIELDS - _TAMM_IGNORED - {"__tamm_type__", "adapters", "arch_optimizers"}
     if unknown:
         raise FmlabError(f"{path}: unknown config field(s) {', '.join(sorted(unknown))}")
-    kwargs = {k: raw[k] for k in _TAMM_FIELDS & set(raw)}
+    kwargs = {k: raw[k] for k in TAMM_FIELDS & set(raw)}
     for k in ("norm_eps", "context_length"):  # fmlab's own extensions, harmless to tamm readers
         if k in raw:
             kwargs[k] = raw[k]
@@ -186,7 +186,7 @@ def _lora_from_tamm(adapters: dict, path: Path) -> LoRAConfig | None:
 def to_tamm_json(config: ModelConfig) -> dict:
     """The tamm JSON for `config`, writing every architecture field explicitly."""
     out = {"__tamm_type__": TAMM_TYPE}
-    out.update({k: getattr(config, k) for k in sorted(_TAMM_FIELDS)})
+    out.update({k: getattr(config, k) for k in sorted(TAMM_FIELDS)})
     if config.lora is not None:
         out["adapters"] = {
             "base_adapter": {
