@@ -200,6 +200,10 @@ def train(
     rank, world = distributed()
     device = next(model.parameters()).device
     choice = choose_precision(config.precision, device)
+    if world > 1:  # every rank trains at one precision: rank 0's measurement decides
+        shared = [choice]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        choice = shared[0]
     config = replace(config, precision=choice.precision)
     torch.manual_seed(config.seed)
     scaler = prepare_precision(model, config.precision)
