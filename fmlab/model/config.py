@@ -164,7 +164,8 @@ def from_tamm_json(path: str | Path) -> ModelConfig:
     if unknown:
         raise FmlabError(f"{path}: unknown config field(s) {', '.join(sorted(unknown))}")
     kwargs = {k: raw[k] for k in TAMM_FIELDS & set(raw)}
-    for k in ("norm_eps", "context_length"):  # fmlab's own extensions, harmless to tamm readers
+    # fmlab's own extensions; tamm 0.1.0 refuses context_length (tests/test_tamm_parity.py pins this)
+    for k in ("norm_eps", "context_length"):
         if k in raw:
             kwargs[k] = raw[k]
     kwargs["lora"] = _lora_from_tamm(raw.get("adapters") or {}, path)

@@ -72,8 +72,10 @@ def rotate(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
 
 
 def fake_quant_int8(x: torch.Tensor, value_range: torch.Tensor) -> torch.Tensor:
-    """Symmetric int8 fake-quantisation with a frozen [min, max] range (zero point 0)."""
-    scale = torch.maximum(value_range[0] / -128.0, value_range[1] / 127.0).reshape(1)
+    """Symmetric int8 fake-quantisation with a frozen [min, max] range (zero point 0). The scale is
+    range times the fp32 reciprocals of -128 and 127, as tamm computes it (`range[1] / 127` can be one ulp
+    away, which moves every dequantised value)."""
+    scale = torch.maximum(value_range[0] * (1.0 / -128.0), value_range[1] * (1.0 / 127.0)).reshape(1)
     if torch.compiler.is_compiling() and not torch.is_grad_enabled():
         # the ATen kernel's arithmetic as plain ops, which inductor fuses (the op is an opaque call;
         # training keeps it for its straight-through gradient)
