@@ -25,7 +25,8 @@ def test_a_missing_run_is_trained_into_the_fallback(tmp_path, monkeypatch):
     monkeypatch.setattr(nr, "train_adapter", lambda *a, **k: calls.append((a, k)))
     got = nr.adapter_run(tmp_path / "missing", tmp_path / "fallback", smoke=True)
     assert got == tmp_path / "fallback" and len(calls) == 1
-    (train, out, valid, config, _), kwargs = calls[0]
+    (train, out, valid), kwargs = calls[0]
+    config = kwargs["config"]
     assert out == tmp_path / "fallback" and config.precision == "auto" and config.epochs == 1
     assert len(train.read_text().splitlines()) == nr.SMOKE_SAMPLES["train"]
     assert len(valid.read_text().splitlines()) == nr.SMOKE_SAMPLES["valid"]

@@ -57,5 +57,5 @@ def adapter_run(
         train = smoke_subset(train, fallback, SMOKE_SAMPLES["train"])
         valid = smoke_subset(valid, fallback, SMOKE_SAMPLES["valid"])
     print(f"{run} holds no adapter run (notebook 02 has not run): training one into {fallback}")
-    train_adapter(train, fallback, valid, adapter_config(smoke), DataConfig(), assets=assets)
+    train_adapter(train, fallback, valid, config=adapter_config(smoke), data=DataConfig(), assets=assets)
     return fallback

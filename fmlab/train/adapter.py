@@ -54,6 +54,7 @@ def train_adapter(
     train_data: str | Path,
     checkpoint_dir: str | Path,
     eval_data: str | Path | None = None,
+    *,
     config=None,
     data: DataConfig | None = None,
     assets=None,
