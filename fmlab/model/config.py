@@ -164,7 +164,7 @@ def from_tamm_json(path: str | Path) -> ModelConfig:
     if unknown:
         raise FmlabError(f"{path}: unknown config field(s) {', '.join(sorted(unknown))}")
     kwargs = {k: raw[k] for k in TAMM_FIELDS & set(raw)}
-    # fmlab's own extensions; tamm 0.1.0 refuses context_length (tests/test_tamm_parity.py pins this)
+    # fmlab's own extensions, read from older fmlab configs; never written (tamm 0.1.0 refuses them)
     for k in ("norm_eps", "context_length"):
         if k in raw:
             kwargs[k] = raw[k]

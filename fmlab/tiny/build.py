@@ -156,7 +156,7 @@ def calibrate_kv_ranges(model, batches) -> None:
 def write_model_files(model, directory: Path, config_name: str, weights_name: str) -> None:
     cfg = model.config
     with atomic_write(directory / config_name, "w") as f:
-        json.dump(to_tamm_json(cfg) | {"context_length": cfg.context_length}, f, indent=2)
+        json.dump(to_tamm_json(cfg), f, indent=2)  # tamm's fields only: tamm refuses any other
     atomic_torch_save(to_apple(model.state_dict(), cfg), directory / weights_name)
 
 
