@@ -5,9 +5,10 @@ import re
 
 import pytest
 
-from fmlab.tiny.corpus import chat_samples, plain_texts, plural, probe_prompts, tokenizer_texts
+from fmlab.tiny.corpus import chat_samples, plain_texts, probe_prompts, tokenizer_texts
 from fmlab.tiny.corpus_facts import CAPITALS, FOODS
 from fmlab.tiny.plays import parse_request, play_format_score
+from fmlab.tiny.stories import plural
 
 
 @pytest.fixture(scope="module")

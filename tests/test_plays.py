@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from fmlab.tiny.corpus import story
 from fmlab.tiny.play_text import play_text, request_text
 from fmlab.tiny.plays import (
     SPLITS,
@@ -22,6 +21,7 @@ from fmlab.tiny.plays import (
     split_requests,
     split_samples,
 )
+from fmlab.tiny.stories import story
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 REQUEST = PlayRequest(("dragon", "baker"), "bakery", 2)

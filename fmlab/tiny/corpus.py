@@ -33,12 +33,12 @@ from fmlab.tiny.play_text import (
     CHARACTER_TRAITS,
     CHARACTERS,
     SCENE_WORDS,
-    SETTING_TRAITS,
     SETTINGS,
     article,
     join_names,
 )
 from fmlab.tiny.plays import split_samples
+from fmlab.tiny.stories import at_place, capitalise, plural, random_cast, story, story_request
 
 SYSTEMS = [
     "A conversation between a user and a helpful assistant.",
@@ -46,122 +46,6 @@ SYSTEMS = [
     "You answer questions simply and correctly.",
     "You are a helpful assistant.",
 ]
-_IRREGULAR = {"mouse": "mice", "sheep": "sheep", "fish": "fish", "person": "people"}
-
-
-def plural(word: str) -> str:
-    if word in _IRREGULAR:
-        return _IRREGULAR[word]
-    if word.endswith(("s", "x", "ch", "sh")):
-        return word + "es"
-    return word[:-1] + "ies" if word.endswith("y") and word[-2] not in "aeiou" else word + "s"
-
-
-def _cap(text: str) -> str:
-    return text[0].upper() + text[1:]
-
-
-def _at(place: str) -> str:
-    """ "in a forest", "on a beach", "at a train station"."""
-    return f"{SETTING_TRAITS[place].preposition} {article(place)}"
-
-
-# --- stories ---------------------------------------------------------------------------------------
-
-ADJECTIVES = ["brave", "tiny", "sleepy", "curious", "cheerful", "clever", "shy", "kind", "silly", "gentle"]
-OPENINGS = [
-    "Once upon a time, there was {a_adj} {who} who lived {at_place}.",
-    "{A_adj} {who} liked to visit {a_place}.",
-    "Every day, {a_adj} {who} played {at_place}.",
-    "There was once {a_adj} {who} who loved {the_place} very much.",
-]
-EVENTS = [
-    "found a shiny key",
-    "lost a red ball",
-    "heard a strange song",
-    "saw a rainbow",
-    "met a new friend",
-    "wanted to bake a cake",
-    "built a little boat",
-    "planted a seed",
-    "followed a butterfly",
-    "got very hungry",
-    "found a tiny map",
-]
-# In story order: `story` keeps the order of the ones it picks.
-SOLO_MIDDLES = [
-    "The {who} looked all around the {place}.",
-    "The {who} walked past the {things}.",
-    "The {who} felt a little scared, but kept going.",
-    "The {who} sang a happy song.",
-]
-FRIEND_MIDDLES = [
-    "The {other} wanted to help.",
-    "Together they looked behind the {things}.",
-    "The {who} and the {other} laughed a lot.",
-]
-SOLO_ENDINGS = [
-    "In the end, the {who} went home happy.",
-    "It was the best day ever {at_the_place}.",
-    "Then the {who} had a long, cozy nap.",
-]
-FRIEND_ENDINGS = [
-    "From that day on, the {who} and the {other} were friends.",
-    "In the end, the {who} and the {other} went home happy.",
-]
-
-
-def story(rng: random.Random, who: str, place: str, friends: list[str] | None = None) -> str:
-    """A 3-6 sentence prose story that names `who` and `place` (and every one of `friends`, if given)."""
-    if friends is None:
-        friends = [rng.choice([c for c in CHARACTERS if c != who])] if rng.random() < 0.5 else []
-    other = " and the ".join(friends) if friends else rng.choice([c for c in CHARACTERS if c != who])
-    a_adj = article(rng.choice(ADJECTIVES))
-    slots = {
-        "who": who,
-        "a_adj": a_adj,
-        "A_adj": _cap(a_adj),
-        "place": place,
-        "at_place": _at(place),
-        "a_place": article(place),
-        "the_place": "the " + place,
-        "things": SETTING_TRAITS[place].things,
-        "other": other,
-        "a_other": join_names(tuple(friends)) if friends else "",
-        "at_the_place": f"{SETTING_TRAITS[place].preposition} the {place}",
-    }
-    sentences = [rng.choice(OPENINGS), f"One day, the {{who}} {rng.choice(EVENTS)}."]
-    if friends:  # friends join: introduced before anything else says "the {other}"
-        sentences += [
-            "Soon, the {who} met {a_other}.",
-            *rng.sample(FRIEND_MIDDLES, rng.randint(0, 2)),
-            rng.choice(FRIEND_ENDINGS + SOLO_ENDINGS),
-        ]
-    else:
-        picked = sorted(rng.sample(range(len(SOLO_MIDDLES)), rng.randint(0, 3)))
-        sentences += [*(SOLO_MIDDLES[i] for i in picked), rng.choice(SOLO_ENDINGS)]
-    return " ".join(s.format(**slots) for s in sentences)
-
-
-STORY_REQUESTS = [
-    "Tell me a short story about {a_who} {at_place}.",
-    "Write a story about {a_who} {at_place}.",
-    "Can you tell me a bedtime story about {a_who}? It should happen {at_place}.",
-    "I would like a short story with {a_who} {at_place}.",
-]
-
-
-def _cast(rng: random.Random) -> list[str]:
-    """1-3 characters, as a request names them."""
-    return rng.sample(CHARACTERS, rng.choice((1, 1, 2, 2, 3)))
-
-
-def _story_request(rng: random.Random) -> tuple[str, str, list[str]]:
-    cast, place = _cast(rng), rng.choice(SETTINGS)
-    ask = rng.choice(STORY_REQUESTS).format(a_who=join_names(tuple(cast)), at_place=_at(place))
-    return ask, story(rng, cast[0], place, cast[1:]), cast
-
-
 # --- copying and counting --------------------------------------------------------------------------
 # A tiny base copies words from the prompt badly unless it is drilled on it, and an adapter can only
 # build on skills the base has. These teach copying names (as they are and in capitals) and counting
@@ -177,10 +61,15 @@ PART_REQUESTS = [
 
 def _parts_story(rng: random.Random) -> tuple[str, str, list[str]]:
     """A story told in 1-3 numbered parts, as asked."""
-    cast, place, n = _cast(rng), rng.choice(SETTINGS), rng.randint(1, 3)
+    cast, place, n = random_cast(rng), rng.choice(SETTINGS), rng.randint(1, 3)
     word = SCENE_WORDS[n]
     ask = rng.choice(PART_REQUESTS).format(
-        n=n, n_word=word, N_word=_cap(word), s="" if n == 1 else "s", chars=join_names(tuple(cast)), at_place=_at(place)
+        n=n,
+        n_word=word,
+        N_word=capitalise(word),
+        s="" if n == 1 else "s",
+        chars=join_names(tuple(cast)),
+        at_place=at_place(place),
     )
     sentences = story(rng, cast[0], place, cast[1:]).split(". ")
     cuts = sorted(rng.sample(range(1, len(sentences)), n - 1)) if n > 1 else []
@@ -214,7 +103,7 @@ def _who_was_in_it(cast: list[str]) -> tuple[str, str]:
 
 
 def _repeat(rng: random.Random) -> tuple[str, str]:
-    cast, place = _cast(rng), rng.choice(SETTINGS)
+    cast, place = random_cast(rng), rng.choice(SETTINGS)
     said = f"The {' and the '.join(cast)} went to the {place}."
     return f"Please repeat this sentence: {said}", said
 
@@ -239,18 +128,18 @@ def _animal_fact(rng: random.Random) -> tuple[str, str]:
     if kind == 0:
         animal = rng.choice(list(FOODS))
         if rng.random() < 0.5:
-            return f"What do {plural(animal)} eat?", f"{_cap(plural(animal))} eat {FOODS[animal]}."
-        return f"What does {article(animal)} eat?", f"{_cap(article(animal))} eats {FOODS[animal]}."
+            return f"What do {plural(animal)} eat?", f"{capitalise(plural(animal))} eat {FOODS[animal]}."
+        return f"What does {article(animal)} eat?", f"{capitalise(article(animal))} eats {FOODS[animal]}."
     if kind == 1:
         animal = rng.choice(list(HOMES))
         if rng.random() < 0.5:
-            return f"Where do {plural(animal)} live?", f"{_cap(plural(animal))} live {HOMES[animal]}."
-        return f"Where does {article(animal)} live?", f"{_cap(article(animal))} lives {HOMES[animal]}."
+            return f"Where do {plural(animal)} live?", f"{capitalise(plural(animal))} live {HOMES[animal]}."
+        return f"Where does {article(animal)} live?", f"{capitalise(article(animal))} lives {HOMES[animal]}."
     if kind == 2:
         animal = rng.choice(list(SOUNDS))
-        return f"What sound does {article(animal)} make?", f"{_cap(article(animal))} says {SOUNDS[animal]}."
+        return f"What sound does {article(animal)} make?", f"{capitalise(article(animal))} says {SOUNDS[animal]}."
     animal = rng.choice(list(LEGS))
-    return f"How many legs does {article(animal)} have?", f"{_cap(article(animal))} has {LEGS[animal]} legs."
+    return f"How many legs does {article(animal)} have?", f"{capitalise(article(animal))} has {LEGS[animal]} legs."
 
 
 def _word_fact(rng: random.Random) -> tuple[str, str]:
@@ -259,8 +148,8 @@ def _word_fact(rng: random.Random) -> tuple[str, str]:
     if kind == 0:
         return f"How many letters are in the word {word}?", f"The word {word} has {len(word)} letters."
     if kind == 1:
-        return f"How do you spell {word}?", f"{_cap(word)} is spelled {'-'.join(word)}."
-    return f"What letter does {word} start with?", f"{_cap(word)} starts with the letter {word[0]}."
+        return f"How do you spell {word}?", f"{capitalise(word)} is spelled {'-'.join(word)}."
+    return f"What letter does {word} start with?", f"{capitalise(word)} starts with the letter {word[0]}."
 
 
 def _describe(rng: random.Random) -> tuple[str, str]:
@@ -273,7 +162,7 @@ def _describe(rng: random.Random) -> tuple[str, str]:
     can = re.sub(r"\bmy\b", "its" if kind == "animal" else "their", traits.can)
     pronoun = "They" if who in PEOPLE else "It"
     return f"Describe {article(who)}.", (
-        f"{_cap(article(who))} is {article(kind)}. This one is {traits.adjective} "
+        f"{capitalise(article(who))} is {article(kind)}. This one is {traits.adjective} "
         f"and loves {traits.likes}. {pronoun} can {can}."
     )
 
@@ -305,7 +194,7 @@ def _qa(rng: random.Random) -> tuple[str, str]:
         return _animal_fact(rng)
     if kind == 3:
         thing = rng.choice(list(COLOURS))
-        return f"What colour is {thing}?", f"{_cap(thing)} is {COLOURS[thing]}."
+        return f"What colour is {thing}?", f"{capitalise(thing)} is {COLOURS[thing]}."
     if kind == 4:
         country = rng.choice(list(CAPITALS))
         ask = rng.choice((f"What is the capital of {country}?", f"Which city is the capital of {country}?"))
@@ -355,7 +244,7 @@ def _exchanges(rng: random.Random) -> list[tuple[str, str]]:
     question (maybe followed by thanks), or small talk."""
     kind = rng.random()
     if kind < 0.35:
-        ask, answer, cast = _story_request(rng) if rng.random() < 0.6 else _parts_story(rng)
+        ask, answer, cast = story_request(rng) if rng.random() < 0.6 else _parts_story(rng)
         out = [(ask, answer)]
         follow = rng.random()
         if follow < 0.2:  # a follow-up that needs the first turn: same character, new place
@@ -388,11 +277,11 @@ def chat_samples(n: int, seed: int = 0) -> list[list[dict]]:
 
 def _fact_paragraph(rng: random.Random) -> str:
     animal = rng.choice([a for a in FOODS if a in HOMES or a in SOUNDS])
-    facts = [f"{_cap(plural(animal))} eat {FOODS[animal]}."]
+    facts = [f"{capitalise(plural(animal))} eat {FOODS[animal]}."]
     if animal in HOMES:
-        facts.append(f"{_cap(article(animal))} lives {HOMES[animal]}.")
+        facts.append(f"{capitalise(article(animal))} lives {HOMES[animal]}.")
     if animal in SOUNDS:
-        facts.append(f"{_cap(article(animal))} says {SOUNDS[animal]}.")
+        facts.append(f"{capitalise(article(animal))} says {SOUNDS[animal]}.")
     if animal in LEGS:
         facts.append(f"It has {LEGS[animal]} legs.")
     return " ".join(rng.sample(facts, len(facts)))
