@@ -8,11 +8,11 @@ device have tamm's key names, order, shapes and parameter counts.
 """
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import randomize_lora
 
 tamm = pytest.importorskip("tamm")
 import tamm.utils.json as tamm_json  # noqa: E402
@@ -31,31 +31,18 @@ from fmlab.checkpoints.assets import (  # noqa: E402
     load_tokenizer,
 )
 from fmlab.data.chat_template import encode_prompt  # noqa: E402
-from fmlab.model.config import from_tamm_json, preset, to_tamm_json  # noqa: E402
+from fmlab.model.config import TAMM_FIELDS, from_tamm_json, preset, to_tamm_json  # noqa: E402
 from fmlab.model.transformer import build_model, fake_quant_int8  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-from helpers import randomize_lora  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = (BASE_CONFIG, DRAFT_CONFIG)
 WEIGHTS = {BASE_CONFIG: BASE_WEIGHTS, DRAFT_CONFIG: DRAFT_WEIGHTS}
 FMLAB_EXTENSIONS = ("norm_eps", "context_length")  # read by from_tamm_json, unknown to tamm 0.1.0
-ARCH_FIELDS = (
-    "vocab_size",
-    "hidden_dim",
-    "num_layers",
-    "num_kv_reuse_layers",
-    "num_heads",
-    "num_kv_heads",
-    "hidden_dim_scale_factor",
-    "rope_theta",
-)
 
 
 def tamm_config(raw: dict):
-    """tamm's own JSON loader on `raw` without fmlab's extension fields."""
-    return tamm_json.loads(json.dumps({k: v for k, v in raw.items() if k not in FMLAB_EXTENSIONS}))
+    """tamm's own JSON loader on a config dict (fmlab writes tamm's fields only)."""
+    return tamm_json.loads(json.dumps(raw))
 
 
 def asset_json(name: str) -> dict:
@@ -104,7 +91,7 @@ def test_asset_config_builds_in_tamm_and_agrees_with_fmlab(name):
     cfg = from_tamm_json(REPO_ASSETS / name)
     tc = tamm_config(raw)
     assert type(tc).__name__ == "AFMTextV7Config"
-    assert {k: getattr(tc, k) for k in ARCH_FIELDS} == {k: getattr(cfg, k) for k in ARCH_FIELDS}
+    assert {k: getattr(tc, k) for k in TAMM_FIELDS} == {k: getattr(cfg, k) for k in TAMM_FIELDS}
     adapters = tc.adapters or {}
     if cfg.lora is None:
         assert not adapters
