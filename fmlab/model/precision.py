@@ -32,15 +32,19 @@ ENV = "FMLAB_PRECISION"
 _AUTOCAST = {"bf16-mixed": torch.bfloat16, "f16-mixed": torch.float16}
 
 
+def _available(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_available()
+    if device.type == "mps":
+        return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    return True
+
+
 def resolve_device(name: str | None = None) -> torch.device:
     """`name` if given, else the best available: CUDA, then MPS, then CPU."""
     if name:
         return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return next(d for d in map(torch.device, ("cuda", "mps", "cpu")) if _available(d))
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -88,14 +92,6 @@ def matmul_gflops(
     return 2 * rows * size * size / best / 1e9
 
 
-def _available(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_available()
-    if device.type == "mps":
-        return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
-    return True
-
-
 @functools.cache
 def probe(device_type: str) -> PrecisionChoice:
     """The `auto` choice for a device type, measured once per process (~20 ms on a CPU)."""
@@ -103,7 +99,7 @@ def probe(device_type: str) -> PrecisionChoice:
     if not _available(device):  # an estimate for a device this machine lacks: assume a modern one
         return PrecisionChoice("bf16-mixed", f"no {device.type} device here: assuming one with fast bf16")
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
+        if bf16_supported(device):
             return PrecisionChoice("bf16-mixed", f"{torch.cuda.get_device_name(device)} supports bf16")
         return PrecisionChoice("f32", f"{torch.cuda.get_device_name(device)} has no bf16")
     f32 = matmul_gflops(device, torch.float32)
