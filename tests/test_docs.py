@@ -32,7 +32,7 @@ DOC_PATH = re.compile(
 )
 
 # ARCHITECTURE.md, "Subpackages and layering": bottom to top; a unit may import only the units below it
-LAYERS = ["errors", "files", "model", "data", "checkpoints", "infer", "train", "export", "tiny", "lab", "cli"]
+LAYERS = ["errors", "files", "model", "data", "checkpoints", "infer", "train", "export", "tiny", "eval", "lab", "cli"]
 PACKAGE_ROOT_IS = "model"  # `fmlab/__init__.py` only re-exports model's API: importing it counts as model
 
 
