@@ -5,7 +5,7 @@ VENV  ?= .venv
 TORCH ?= torch==2.13.0
 BIN   := $(VENV)/bin
 
-.PHONY: setup demo lint test lab bench assets clean
+.PHONY: setup demo lint test browser lab bench assets clean
 
 $(BIN)/.fmlab-installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,11 +22,23 @@ lint: setup          ## ruff: the lint rules and the formatting (pyproject's [to
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint           ## lint, then the whole test suite, notebooks included
+test: lint browser   ## lint, then the whole test suite, notebooks and the browser test included
 	$(BIN)/python -m pytest -q
 
-lab: setup           ## open JupyterLab on the notebooks
-	$(BIN)/jupyter lab notebooks/
+# tests/test_browser.py drives JupyterLab with Debian's headless Chromium (nothing downloads a browser
+# build); installed here on Linux as root, else the test says why it skips
+browser:
+	@if [ "$$(uname)" = Linux ] && [ ! -x /usr/bin/chromedriver ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium and chromium-driver for tests/test_browser.py"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
+			|| echo "could not install chromium: tests/test_browser.py will skip"; \
+	fi
+
+# LAB_FLAGS: e.g. "--no-browser --port=8888" on a remote machine (README: port forwarding)
+LAB_FLAGS ?=
+lab: setup           ## open JupyterLab on the notebooks, with the virtualenv's kernel
+	JUPYTER_PREFER_ENV_PATH=1 $(BIN)/python -m fmlab.lab.frontend
+	JUPYTER_PREFER_ENV_PATH=1 $(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_FLAGS)
 
 bench: setup         ## peer benchmarks → benchmarks/RESULTS.md
 	$(BIN)/pip install -q -e ".[bench]"

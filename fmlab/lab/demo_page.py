@@ -1,5 +1,5 @@
 """The one-page HTML summary of a `fmlab demo` run, built from what the notebooks left in `out/`:
-loss curves, play-format score base vs adapter, draft acceptance and speculative speedup, and the
+links to the executed notebooks, loss curves, play-format score base vs adapter, draft acceptance and speculative speedup, and the
 exported package's contents and sizes. Sections whose files are missing are skipped."""
 
 from __future__ import annotations
@@ -76,6 +76,12 @@ def write_demo_page(out: str | Path = "out", timings: list[dict] | None = None) 
     ]
     if timings:
         parts += ["<h2>Run</h2>", _table(timings)]
+    executed = sorted((out / "notebooks").glob("*.ipynb")) if (out / "notebooks").is_dir() else []
+    if executed:  # relative links: the page and out/notebooks/ move together
+        links = "".join(
+            f'<li><a href="notebooks/{html.escape(p.name)}">{html.escape(p.stem)}</a></li>' for p in executed
+        )
+        parts += ["<h2>The executed notebooks</h2>", f"<ul>{links}</ul>"]
     curves = [p for p in (out / "adapter" / "loss.png", out / "draft" / "loss.png") if p.is_file()]
     if curves:
         parts += ["<h2>Loss curves (adapter, then draft distillation)</h2>"] + [_img(p) for p in curves]

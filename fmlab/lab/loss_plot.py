@@ -61,11 +61,18 @@ def _draw(axes, steps: list[dict], evals: list[dict], title: str | None = None) 
         axes[0].figure.suptitle(title, fontsize=10)
 
 
-def _status(steps: list[dict], evals: list[dict]) -> str:
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
+
+
+def _status(steps: list[dict], evals: list[dict], total: int | None = None, eta_s: float | None = None) -> str:
     parts = []
     if steps:
         last = steps[-1]
-        parts.append(f"step {last['step']} · loss {last['loss']:.4f}")
+        parts.append(f"step {last['step']}{f'/{total}' if total else ''} · loss {last['loss']:.4f}")
+        if eta_s is not None:
+            parts.append(f"ETA {_clock(eta_s)}")
         if last.get("peak_memory_mb"):
             parts.append(f"peak {last['peak_memory_mb']:.0f} MB")
     if evals:
@@ -96,6 +103,8 @@ class LiveLossPlot:
     """Training callback (`train(..., callbacks=[LiveLossPlot(...)])`): loss, eval loss, LR and tokens/s
     against the step. In a kernel it updates one displayed image at most every `interval_s` seconds;
     everywhere it writes `path` (if given) at the end and every `png_interval_s` seconds on the way.
+    With `epochs` (the run's `TrainConfig.epochs`) the title shows step / total and the time left, from
+    the pace since the first step it saw (so a resumed run's ETA is right too); at the end, the time taken.
     Rendering uses matplotlib's Agg canvas directly, so no pyplot state or GUI backend is touched."""
 
     def __init__(
@@ -106,9 +115,12 @@ class LiveLossPlot:
         interval_s: float = 2.0,
         png_interval_s: float = 15.0,
         figsize=(13, 3.4),
+        epochs: int | None = None,
     ):
         self.path = Path(path) if path else None
-        self.title = title
+        self.title, self.epochs = title, epochs
+        self._first: tuple[float, int] | None = None  # (time, step) of the first step seen: the ETA's pace
+        self.finished_s: float | None = None
         self.live = resolve_live(live)
         self.interval_s, self.png_interval_s, self.figsize = interval_s, png_interval_s, figsize
         self.steps: list[dict] = []
@@ -130,7 +142,9 @@ class LiveLossPlot:
     def render(self) -> bytes:
         """The current plot as PNG bytes."""
         fig = self._figure()
-        status = _status(self.steps, self.evals)
+        status = _status(self.steps, self.evals, self.total_steps, self.eta_s())
+        if self.finished_s is not None:
+            status += f" · took {_clock(self.finished_s)}"
         _draw(self._axes, self.steps, self.evals, f"{self.title}: {status}" if self.title else status)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80)
@@ -163,8 +177,27 @@ class LiveLossPlot:
             self.save(png=png)
             self._last_png = now
 
+    @property
+    def total_steps(self) -> int | None:
+        """epochs × steps per epoch, read off a step row (its `epoch` is fractional: step / steps per epoch)."""
+        if not self.epochs or not self.steps or not self.steps[-1].get("epoch"):
+            return None
+        last = self.steps[-1]
+        return round(self.epochs * last["step"] / last["epoch"])
+
+    def eta_s(self) -> float | None:
+        total = self.total_steps
+        if total is None or self._first is None or self.finished_s is not None:
+            return None
+        done = self.steps[-1]["step"] - self._first[1]
+        if done <= 0:
+            return None
+        return (time.monotonic() - self._first[0]) / done * max(total - self.steps[-1]["step"], 0)
+
     # the train() callback protocol
     def on_step(self, row: dict) -> None:
+        if self._first is None:
+            self._first = (time.monotonic(), row["step"])
         self.steps.append(row)
         self.refresh(force=len(self.steps) == 1)
 
@@ -173,6 +206,8 @@ class LiveLossPlot:
         self.refresh()
 
     def on_end(self, summary: dict | None = None) -> None:
+        if self._first is not None:
+            self.finished_s = time.monotonic() - self._first[0]
         self.refresh(force=True)
 
 

@@ -123,11 +123,50 @@ def last_user_text(prompt) -> str:
     return next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
 
 
+# A typed list of characters: "a fox and a crow", "an owl, a cat and a bee", after a cue word or two long.
+_ITEM = r"(?:an?|the) [a-z]+"
+_LIST_RE = re.compile(
+    rf"(\b(?:about|with|starring|stars?|characters:|characters are) )?({_ITEM}(?:(?:,? and |, ){_ITEM})*)"
+)
+_NOT_NAMES = {w for place in SETTINGS for w in place.split()} | {"play", "story", "scene", "kids", "children", "class"}
+
+
+def _named_characters(text: str) -> list[tuple[int, str]]:
+    """(position, name) of every character the lower-cased request names: the toy's own anywhere, and
+    any other noun in a list of characters, so a name the toy does not know is still asked for."""
+    found = [(m.start(1), m.group(1)) for m in _CHARACTER_RE.finditer(text)]
+    for m in _LIST_RE.finditer(text):
+        items = list(re.finditer(r"(?:an?|the) ([a-z]+)", m.group(2)))
+        if m.group(1) or len(items) > 1:
+            found += [(m.start(2) + i.start(1), i.group(1)) for i in items if i.group(1) not in _NOT_NAMES]
+    return sorted(found)
+
+
+def unknown_characters(prompt) -> tuple[str, ...]:
+    """The characters a request names that are not among the toy's `CHARACTERS` ("crow" in "a play about
+    a fox and a crow"). They are still requested: a reply must put them in its cast."""
+    return tuple(c for c in parse_request(prompt).characters if c not in CHARACTERS)
+
+
+def describe_request(prompt) -> str:
+    """One line saying what `play_format_score` reads from a request, so a typed prompt's score can be
+    checked: the characters (those the toy does not know marked), the setting and the scene count."""
+    req, text = parse_request(prompt), last_user_text(prompt).lower()
+    names = [c.upper() + ("" if c in CHARACTERS else " (not a toy character)") for c in req.characters]
+    scenes = str(req.scenes) if _SCENES_RE.search(text) else "1 (none named)"
+    return (
+        f"characters: {', '.join(names) or 'none named: any cast counts'} · "
+        f"setting: {req.setting or 'none of the toy settings: any counts'} · scenes: {scenes}"
+    )
+
+
 def parse_request(prompt) -> PlayRequest:
     """The characters (in the order named), setting and scene count a request asks for. `prompt` is the
-    request text or a message list (its last user turn). Unknown parts come back empty; scenes default to 1."""
+    request text or a message list (its last user turn). Characters are the toy's own wherever named plus
+    any other noun in a list of characters ("a fox and a crow"); unknown parts come back empty; scenes
+    default to 1."""
     text = last_user_text(prompt).lower()
-    characters = tuple(dict.fromkeys(m.group(1) for m in _CHARACTER_RE.finditer(text)))
+    characters = tuple(dict.fromkeys(name for _, name in _named_characters(text)))
     setting = _SETTING_RE.search(text)
     scenes = _SCENES_RE.search(text)
     return PlayRequest(
