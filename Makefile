@@ -5,7 +5,7 @@ VENV  ?= .venv
 TORCH ?= torch==2.13.0
 BIN   := $(VENV)/bin
 
-.PHONY: setup demo lint test browser lab bench assets clean
+.PHONY: setup demo lint test system-packages lab bench assets clean
 
 $(BIN)/.fmlab-installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,16 +22,19 @@ lint: setup          ## ruff: the lint rules and the formatting (pyproject's [to
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint browser   ## lint, then the whole test suite, notebooks and the browser test included
+test: lint system-packages   ## lint, then the whole test suite, notebooks and the browser test included
 	$(BIN)/python -m pytest -q
 
-# tests/test_browser.py drives JupyterLab with Debian's headless Chromium (nothing downloads a browser
-# build); installed here on Linux as root, else the test says why it skips
-browser:
-	@if [ "$$(uname)" = Linux ] && [ ! -x /usr/bin/chromedriver ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing chromium and chromium-driver for tests/test_browser.py"; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
-			|| echo "could not install chromium: tests/test_browser.py will skip"; \
+# Debian packages some tests need, installed on Linux as root where missing (else those tests say why
+# they skip): chromium + chromium-driver for tests/test_browser.py (JupyterLab in a real browser; nothing
+# downloads a browser build), wordnet-base for tests/test_real_text.py (regenerates data/wordnet_*.jsonl)
+SYSTEM_PACKAGES = /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver /usr/share/wordnet/data.noun:wordnet-base
+system-packages:
+	@missing=$$(for e in $(SYSTEM_PACKAGES); do [ -e "$${e%%:*}" ] || echo "$${e#*:}"; done); \
+	if [ -n "$$missing" ] && [ "$$(uname)" = Linux ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing" $$missing; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null 2>&1 \
+			|| echo "could not install $$missing: the tests that need them will skip"; \
 	fi
 
 # LAB_FLAGS: e.g. "--no-browser --port=8888" on a remote machine (README: port forwarding)
