@@ -112,8 +112,8 @@ def test_max_len_truncates_ids_and_labels(tiny_tokenizer):
 def test_tools_go_into_the_system_turn_as_tojson():
     text = render_text([USER], tools=[WEATHER_TOOL, {"name": "b"}])
     assert f'{DEFAULT_SYSTEM}<n>system tools: {tojson(WEATHER_TOOL)}<n>{{"name": "b"}}<turn_end>' in text
-    # Jinja's tojson: sorted keys, HTML-safe escapes.
-    assert tojson({"b": "<x> & 'y'", "a": 1}) == '{"a": 1, "b": "\\u003cx\\u003e \\u0026 \\u0027y\\u0027"}'
+    # tamm's tojson (it replaces Jinja's): keys in order, no HTML or non-ASCII escapes.
+    assert tojson({"b": "<x> & 'y' é", "a": 1}) == '{"b": "<x> & \'y\' é", "a": 1}'
 
 
 def test_tool_calls_and_tool_results(tiny_tokenizer):

@@ -25,11 +25,10 @@ def turn_text(role: str, content: str) -> str:
 
 
 def tojson(obj) -> str:
-    """Jinja's `tojson` filter, which the template applies to tools: sorted keys, HTML-safe escapes."""
-    text = json.dumps(obj, sort_keys=True)
-    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("'", "\\u0027")):
-        text = text.replace(char, escape)
-    return text
+    """The template's `tojson` filter as tamm installs it (it replaces Jinja's): `json.dumps` with
+    `ensure_ascii=False`, keys in their given order, no HTML escapes. Every JSON the template writes
+    (tools, tool calls, tool results, schemas) goes through this one function."""
+    return json.dumps(obj, ensure_ascii=False)
 
 
 def tool_calls_text(tool_calls: list) -> str:
@@ -48,7 +47,7 @@ def tool_calls_text(tool_calls: list) -> str:
             except json.JSONDecodeError:
                 pass
         calls.append({"name": fn.get("name"), "arguments": arguments})
-    return f"<executable_start> ```function\n{json.dumps(calls)}```<executable_end>"
+    return f"<executable_start> ```function\n{tojson(calls)}```<executable_end>"
 
 
 def response_format_text(response_format: dict) -> str:
@@ -65,9 +64,9 @@ def response_format_text(response_format: dict) -> str:
 
 def tool_content(content) -> str:
     if isinstance(content, dict):
-        return json.dumps(content)
+        return tojson(content)
     if isinstance(content, list):  # a tool result that announces more tools
-        return "new tools: " + "\n".join(json.dumps(tool) for tool in content)
+        return "new tools: " + "\n".join(tojson(tool) for tool in content)
     return content
 
 
