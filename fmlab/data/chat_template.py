@@ -55,11 +55,11 @@ def response_format_text(response_format: dict) -> str:
     if response_format.get("type") != "json_schema":
         raise FmlabError(f"response_format type {response_format.get('type')!r}: only 'json_schema' is allowed")
     spec = response_format.get("json_schema", {})
+    # Both lines are always written, as tamm does: a missing name or description reads "None".
     text = "\n\nresponse format in json.\n"
-    text += f"name: {spec.get('name', '')}\n"
-    if spec.get("description"):  # the facts show no empty line when there is none
-        text += f"description: {spec['description']}\n"
-    return text + f"schema: {json.dumps(spec.get('schema', {}))}"
+    text += f"name: {spec.get('name')}\n"
+    text += f"description: {spec.get('description')}\n"
+    return text + f"schema: {tojson(spec.get('schema', {}))}"
 
 
 def tool_content(content) -> str:
