@@ -78,9 +78,9 @@ def chat_turns(messages: list[dict], tools: list | None = None) -> list[tuple[st
         content = message.get("content") or ""
         if role in ("tool", "function"):
             role, content = "tool", tool_content(message.get("content") or "")
-        if message.get("tool_calls"):
+        if message.get("tool_calls") is not None:
             content += tool_calls_text(message["tool_calls"])
-        if message.get("response_format"):
+        if message.get("response_format") is not None:
             content += response_format_text(message["response_format"])
         turns.append((role, content))
     if not turns or turns[0][0] != "system":
