@@ -107,7 +107,14 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 
 def encode_prompt(tokenizer, messages: list[dict], tools: list | None = None) -> list[int]:
-    """Ids for generation: the conversation so far, ending with `<turn_start> ▁assistant <n>`."""
+    """Ids for generation: the conversation so far, ending with `<turn_start> ▁assistant <n>`.
+
+    A conversation that already ends with an assistant turn gets no second header: as tamm's
+    `generate_prefix`, the prompt stops after that turn's header and its reply is what is to come."""
+    if messages and messages[-1]["role"] == "assistant":
+        ids = _encode(tokenizer, render_text(messages, tools))
+        last_start = max(i for i, token in enumerate(ids) if token == tokenizer.turn_start_id)
+        return ids[: ids.index(tokenizer.newline_id, last_start) + 1]
     return _encode(tokenizer, render_text(messages, tools, add_generation_prompt=True))
 
 
