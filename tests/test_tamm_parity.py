@@ -18,7 +18,6 @@ tamm = pytest.importorskip("tamm")
 import tamm.utils.json as tamm_json  # noqa: E402
 from tamm.ao.layers.functional import fake_quantize as tamm_fake_quantize  # noqa: E402
 
-import fmlab.model.transformer as transformer  # noqa: E402
 from fmlab.checkpoints.apple_format import apple_key_map, to_apple  # noqa: E402
 from fmlab.checkpoints.assets import (  # noqa: E402
     BASE_CONFIG,
@@ -236,24 +235,20 @@ def test_training_forward_matches(trained):
     assert trained[0] < 1e-4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KV fake-quant gradient: fmlab's backward (ATen fake_quantize_per_tensor_affine) zeroes the "
-    "gradient of K/V values clipped to the int8 range; tamm's FakeQuantize.backward passes every gradient "
-    "through (identity straight-through); max relative LoRA gradient difference 1.6e-2 here (3.5e-6 with an identity gradient)",
-)
 def test_training_gradients_match(trained):
+    """Before the fix fmlab's backward (ATen's fake-quant op) zeroed the gradient of K/V values clipped to
+    the int8 range, where tamm's `FakeQuantize.backward` passes it through: 1.6e-2 relative difference."""
     assert trained[1] < 1e-4
 
 
-def test_training_gradients_match_with_identity_straight_through(adapted_pair, prompts, monkeypatch):
-    """The cause of the difference above, and the only one: with tamm's identity gradient, grads agree."""
-
-    def identity_ste(x, value_range):
-        return fake_quant_int8(x.detach(), value_range) + (x - x.detach())
-
-    monkeypatch.setattr(transformer, "fake_quant_int8", identity_ste)
-    assert _train_step(adapted_pair, torch.tensor([prompts[0]]))[1] < 1e-4
+def test_fake_quant_gradient_is_tamm_identity_at_clipped_values():
+    r = torch.tensor([-1.0, 1.0])
+    x = torch.linspace(-3, 3, 101, requires_grad=True)
+    y = torch.randn(101, generator=torch.Generator().manual_seed(0))
+    (fake_quant_int8(x, r) * y).sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    (_tamm_quantizer(r)(x2) * y).sum().backward()
+    assert torch.equal(x.grad, x2.grad) and torch.equal(x.grad, y)  # clipped ones included
 
 
 # --- int8 KV fake-quant ----------------------------------------------------------------------------
@@ -281,17 +276,13 @@ def test_fake_quant_matches_tamm():
         mismatched += int((quantizer(x) != fake_quant_int8(x, r)).sum())
         total += x.numel()
     assert torch.equal(quantizer.activation_post_process.range, r)  # frozen: the observer never updates
-    # only values within an ulp of a rounding tie may differ (next test); before the fix: 2.2e-2
-    assert mismatched <= total * 1e-5, f"{mismatched} of {total}"
+    assert mismatched == 0, f"{mismatched} of {total}"  # before the fix: 2.2e-2, then ~1e-6 at ties
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="int8 rounding ties: fmlab's ATen kernel rounds x * (1/scale), tamm rounds x / scale; values "
-    "within an ulp of a .5 step can round to neighbouring int8 levels (~1e-6 of random K/V elements)",
-)
 @torch.no_grad()
 def test_fake_quant_matches_tamm_at_rounding_ties():
+    """Before the fix fmlab rounded x * (1/scale) (ATen's kernel), tamm rounds x / scale: values within an
+    ulp of a .5 step went to neighbouring int8 levels (~1e-6 of random K/V elements)."""
     r = torch.tensor([-4.070052623748779, 6.245774269104004])
     scale, _ = _tamm_quantizer(r).activation_post_process.calculate_qparams()
     ties = (torch.arange(-130, 130) + 0.5) * scale

@@ -71,17 +71,30 @@ def rotate(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(pairs * rotations).flatten(-2).to(x.dtype)
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Identity gradient for the rounding, clipped values included: tamm's `FakeQuantize.backward`
+    passes every gradient through (ATen's fake-quant op zeroes it where the int8 range clips)."""
+
+    @staticmethod
+    def forward(ctx, x, quantised):
+        return quantised
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
 def fake_quant_int8(x: torch.Tensor, value_range: torch.Tensor) -> torch.Tensor:
-    """Symmetric int8 fake-quantisation with a frozen [min, max] range (zero point 0). The scale is
-    range times the fp32 reciprocals of -128 and 127, as tamm computes it (`range[1] / 127` can be one ulp
-    away, which moves every dequantised value)."""
-    scale = torch.maximum(value_range[0] * (1.0 / -128.0), value_range[1] * (1.0 / 127.0)).reshape(1)
-    if torch.compiler.is_compiling() and not torch.is_grad_enabled():
-        # the ATen kernel's arithmetic as plain ops, which inductor fuses (the op is an opaque call;
-        # training keeps it for its straight-through gradient)
-        return ((x.float() * (1.0 / scale)).round().clamp(-128, 127) * scale).to(x.dtype)
-    zero = torch.zeros(1, dtype=torch.int32, device=x.device)
-    return torch.fake_quantize_per_tensor_affine(x.float(), scale, zero, -128, 127).to(x.dtype)
+    """Symmetric int8 fake-quantisation with a frozen [min, max] range (zero point 0), as tamm computes it:
+    in fp32, scale = range times the fp32 reciprocals of -128 and 127 (`range[1] / 127` can be one ulp
+    off), then `round(x / scale)` (a multiply by 1/scale rounds differently near .5 steps), clamp to
+    [-128, 127], times scale. Plain ops, which inductor fuses; the gradient is the identity."""
+    with torch.no_grad():
+        scale = torch.maximum(value_range[0] * (1.0 / -128.0), value_range[1] * (1.0 / 127.0))
+        quantised = (x.float() / scale).round_().clamp_(-128, 127).mul_(scale).to(x.dtype)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _StraightThrough.apply(x, quantised)
+    return quantised
 
 
 class Attention(nn.Module):
