@@ -3,7 +3,8 @@
 Each check gives OK, WARN (works, with a caveat) or FAIL (a command will fail), and every WARN or FAIL
 comes with its fix. It never loads a model into memory: package versions come from their metadata,
 weights are checked key by key and shape by shape on a memory map, so it runs in seconds on Apple's 3B
-assets too (the checksums, when a manifest lists them, read each file once).
+assets too (the checksums, when a manifest lists them, read each file once). The one exception is
+opt-in: `check_against_tamm` runs the assets through Apple's reference library tamm and through fmlab.
 """
 
 from __future__ import annotations
@@ -271,11 +272,65 @@ def _check_manifest(assets: Path) -> list[Check]:
     return [Check("checksums", OK, f"{len(files)} files match manifest.json")]
 
 
-def run_checks(assets: str | Path | None = None, out_dir: str | Path = "out", keep_best: int = 2) -> list[Check]:
+# A conversation that touches every part of the template: tools, a tool call, a tool result, non-ASCII JSON.
+TAMM_PROBE = [
+    {"role": "user", "content": "Quel temps à Vérone?"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"type": "function", "function": {"name": "météo", "arguments": '{"ville": "Vérone"}'}}],
+    },
+    {"role": "tool", "content": {"ville": "Vérone", "ciel": "dégagé <b>&'"}},
+    {"role": "assistant", "content": "Il fait beau."},
+]
+TAMM_PROBE_TOOLS = [{"type": "function", "function": {"name": "météo", "description": "Météo d'une ville"}}]
+
+
+def check_against_tamm(assets: Path) -> list[Check]:
+    """Opt-in (`fmlab doctor --against-tamm`): the assets through Apple's reference library tamm 0.1.0 and
+    through fmlab, side by side: template ids and labels on a probe conversation, then fp32 logits of the
+    base on that prompt. It loads the base twice (about 26 GB for Apple's 3B), so it is never on by default."""
+    try:
+        import tamm.utils.json as tamm_json
+        from tamm.preprocessors.instruct_lm.afm.afm_v6 import AFMChatTemplateV6Preprocessor
+        from tamm.tokenizers.afm import AFMTokenizer
+    except ImportError:
+        return [Check("tamm parity", WARN, "tamm is not installed", 'pip install "tamm==0.1.0"')]
+    import torch
+
+    from fmlab.checkpoints.assets import load_base
+    from fmlab.data.chat_template import encode_chat
+
+    fix = "report it with `fmlab info` output; until then trust tamm's numbers"
+    tok = Tokenizer.from_file(assets / TOKENIZER)
+    tamm_tok = AFMTokenizer(str(assets / TOKENIZER), extra_properties={"eot_id": tok.turn_end_id})
+    expected = AFMChatTemplateV6Preprocessor(tamm_tok)(json.loads(json.dumps(TAMM_PROBE)), tools=TAMM_PROBE_TOOLS)
+    ids, labels = encode_chat(tok, TAMM_PROBE, TAMM_PROBE_TOOLS)
+    if (ids, labels) != (expected.input_ids, expected.label_ids):
+        return [Check("tamm template", FAIL, "fmlab's template ids or labels differ from tamm's", fix)]
+    rows = [Check("tamm template", OK, f"{len(ids)} ids and labels equal on a tool-calling probe")]
+    reference = tamm_json.loads((assets / BASE_CONFIG).read_text()).create_model()
+    reference.load_state_dict(load_torch(assets / BASE_WEIGHTS), strict=True)
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        diff = (reference.eval()(x).predictions.float() - load_base(assets).eval()(x)).abs().max()
+    detail = f"fp32 logits: max difference {float(diff):.3g} over {len(ids)} tokens"
+    if diff == 0:
+        rows.append(Check("tamm logits", OK, detail + " (bit for bit)"))
+    else:
+        rows.append(Check("tamm logits", WARN if diff < 1e-3 else FAIL, detail, fix))
+    return rows
+
+
+def run_checks(
+    assets: str | Path | None = None, out_dir: str | Path = "out", keep_best: int = 2, against_tamm: bool = False
+) -> list[Check]:
     assets = assets_dir(assets, must_exist=False)
     checks = [check_python(), *(check_package(name) for name in PACKAGES), *check_devices()]
     checks += check_assets(assets)
     checks.append(check_disk(Path(out_dir).expanduser().resolve(), assets, keep_best))
+    if against_tamm and not any(c.status == FAIL for c in checks):
+        checks += check_against_tamm(assets)
     return checks
 
 
