@@ -35,11 +35,16 @@ def add_doctor(sub):
     p.add_argument("--assets", help="assets directory (default: $FMLAB_ASSETS or the embedded fmlab-tiny)")
     p.add_argument("--checkpoint-dir", default="out", help="where runs will write (for the disk check)")
     p.add_argument("--keep-best", type=int, default=2, help="checkpoints a run keeps (for the disk check)")
+    p.add_argument(
+        "--against-tamm",
+        action="store_true",
+        help="also compare the template and fp32 logits with Apple's tamm 0.1.0 (pip install tamm==0.1.0)",
+    )
     p.set_defaults(func=cmd_doctor)
 
 
 def cmd_doctor(args):
-    checks = run_checks(args.assets, args.checkpoint_dir, args.keep_best)
+    checks = run_checks(args.assets, args.checkpoint_dir, args.keep_best, against_tamm=args.against_tamm)
     print(table(checks))
     return 1 if any(c.status == FAIL for c in checks) else 0
 
