@@ -11,11 +11,12 @@ import pytest
 import torch
 import yaml
 from helpers import randomize_lora
+from test_draft_template import make_template
 
 from fmlab.checkpoints.apple_format import save_adapter, to_apple
 from fmlab.cli import main
 from fmlab.errors import FmlabError
-from fmlab.export.mil_blob import BlobWriter, read_blob, read_index
+from fmlab.export.mil_blob import read_blob, read_index
 from fmlab.export.package import (
     BASE_SIGNATURE,
     METADATA_KEYS,
@@ -64,16 +65,26 @@ def assets(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def coreml_package(assets, tmp_path_factory):
-    """One export with the Core ML draft (the slow part: ~3 s of coremltools)."""
+def template_dir(assets, tmp_path_factory):
+    """The tiny assets plus a synthetic Apple draft template (tests/test_draft_template.py)."""
     pytest.importorskip("coremltools")
+    d = tmp_path_factory.mktemp("template") / "assets"
+    shutil.copytree(assets["dir"], d)
+    make_template(assets["draft_cfg"], d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def coreml_package(assets, template_dir, tmp_path_factory):
+    """One export with Apple's template and the Core ML draft, in the default layout (the slow part:
+    ~3 s of coremltools)."""
     out = tmp_path_factory.mktemp("out")
     return export_fmadapter(
         out,
         "tiny_adapter",
         assets["adapter"],
-        assets["draft"],
-        assets=assets["dir"],
+        template_dir / "draft-model.pt",
+        assets=template_dir,
         description="tiny",
         log=lambda *_: None,
     )
@@ -255,12 +266,18 @@ def test_adapter_weights_round_trip(assets, tmp_path):
 def test_export_with_coreml_draft_then_verify(assets, coreml_package):
     pkg = coreml_package
     assert pkg.name == "tiny_adapter.fmadapter"
+    # exactly the toolkit's files; fmlab's own beside the package
     assert sorted(p.name for p in pkg.iterdir()) == [
         "adapter_weights.bin",
-        "draft.mlpackage",
-        "fmlab-manifest.json",
+        "draft.mil",
+        "draft_weights.bin",
         "metadata.json",
     ]
+    assert sorted(p.name for p in (pkg.parent / "tiny_adapter.fmlab").iterdir()) == [
+        "draft.mlpackage",
+        "fmlab-manifest.json",
+    ]
+    assert sorted(p.name for p in pkg.parent.iterdir()) == ["tiny_adapter.fmadapter", "tiny_adapter.fmlab"]
     meta = json.loads((pkg / "metadata.json").read_text())
     sha1 = hashlib.sha1((assets["dir"] / "base-model.pt").read_bytes()).hexdigest()
     assert meta["baseModelSignature"] == sha1 and meta["adapterIdentifier"] == f"fmadapter-tiny_adapter-{sha1[:7]}"
@@ -270,6 +287,8 @@ def test_export_with_coreml_draft_then_verify(assets, coreml_package):
     names = [c.name for c in report.checks if c.ok]
     assert "logits: package adapter vs source checkpoint" in names
     assert "draft.mlpackage: 4-bit grouped-channel palettised" in names
+    assert {"package holds exactly the toolkit's files", "manifest checksums"} <= set(names)
+    assert "template (int4 embedding + 4-bit LUT)" in report.numbers
     coreml = report.numbers["Core ML (4-bit LUT)"]
     assert 0.02 < coreml["max_relative_error"] < 0.2  # 4-bit: lossy, but not broken
     assert 0 <= coreml["acceptance"] <= 1
@@ -281,7 +300,9 @@ def test_coreml_draft_program_and_weights(assets, coreml_package):
     from fmlab.export.coreml_draft import read_coreml_draft
     from fmlab.export.package import load_draft_state
 
-    state, info = read_coreml_draft(coreml_package / "draft.mlpackage", assets["draft_cfg"])
+    state, info = read_coreml_draft(
+        coreml_package.parent / "tiny_adapter.fmlab" / "draft.mlpackage", assets["draft_cfg"]
+    )
     dcfg = assets["draft_cfg"]
     assert info["palettized"] == 1 + 4 * dcfg.num_layers  # embedding (tied) + 4 matrices per layer
     q_kv_rows = (dcfg.num_heads + 2 * dcfg.num_kv_heads) * dcfg.head_dim
@@ -336,7 +357,7 @@ def test_export_replaces_only_a_previous_package(assets, tmp_path):
     second = export(assets, tmp_path, description="two")
     assert first == second and json.loads((second / "metadata.json").read_text())["description"] == "two"
     assert (tmp_path / "notes.txt").read_text() == "keep me"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "tiny_adapter.fmadapter"]  # no temp dirs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "tiny_adapter.fmadapter", "tiny_adapter.fmlab"]
     other = tmp_path / "precious.fmadapter"
     other.mkdir()
     (other / "thesis.tex").write_text("do not delete")
@@ -356,7 +377,11 @@ def test_failed_export_leaves_the_previous_package(assets, tmp_path):
     with pytest.raises(FmlabError, match="does not match"):
         export(assets, tmp_path, draft=bad)
     assert {p.name: p.read_bytes() for p in pkg.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken-draft.pt", "tiny_adapter.fmadapter"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "broken-draft.pt",
+        "tiny_adapter.fmadapter",
+        "tiny_adapter.fmlab",
+    ]
     with pytest.raises(FmlabError, match="not allowed"):
         export(assets, tmp_path, name="tiny-adapter")
     with pytest.raises(FmlabError, match="hex"):
@@ -373,39 +398,10 @@ def test_configured_signature(assets, tmp_path):
 # --- Apple's draft template (§8.3), with a synthetic template and spec ---------------------------------
 
 
-def make_template(cfg, directory):
-    """A stand-in for Apple's template files: a MIL text, a blob file with every entry's blobs (zeros)
-    plus one unrelated blob, and a spec pointing at them."""
-    from fmlab.export.draft_template import FORMATS, _mil_shapes
-
-    (directory / "draft.mil").write_text("program(1.3)\n// synthetic draft program for fmlab's tests\n")
-    mapping = {}
-    with BlobWriter(directory / "weights_template.bin") as w:
-        w.write(np.arange(7, dtype=np.float16), "fp16")  # not in the spec: must survive
-        for name, shape in _mil_shapes(cfg).items():
-            fmt = "linear_4bits" if name.endswith("_embedding") else "fp16" if len(shape) == 1 else "lut_4bits"
-            rows, cols = shape[0], int(np.prod(shape[1:]))
-            counts = {
-                "weight": rows,
-                "data": rows * cols,
-                "indices": rows * cols,
-                "lut": rows // 16 * 16,
-                "scale": cols if fmt == "linear_4bits" else rows,
-            }
-            offsets = {c: w.write(np.zeros(counts[c]), dtype) for c, dtype in FORMATS[fmt].items()}
-            where = {"offset": offsets["weight"]} if fmt == "fp16" else {"offsets": offsets}
-            mapping[name] = {"format": fmt, **where}
-    sha = hashlib.sha256((directory / "draft.mil").read_bytes()).hexdigest()
-    (directory / "checkpoint_spec.yaml").write_text(
-        yaml.safe_dump({"mil_sha256": sha, "source_mil": "synthetic", "weights_mapping": mapping})
-    )
-
-
 @pytest.fixture
-def template_assets(assets, tmp_path):
-    d = tmp_path / "assets"
-    shutil.copytree(assets["dir"], d)
-    make_template(assets["draft_cfg"], d)
+def template_assets(assets, template_dir, tmp_path):
+    """A copy of the template assets, for tests that change them."""
+    d = shutil.copytree(template_dir, tmp_path / "assets")
     return dict(assets, dir=d, draft=d / "draft-model.pt")
 
 
@@ -421,10 +417,11 @@ def test_template_fill_and_read_back(template_assets, tmp_path):
     assert [(e.metadata_offset, e.dtype, e.size) for e in read_index(filled)] == [
         (e.metadata_offset, e.dtype, e.size) for e in read_index(template)
     ]
-    np.testing.assert_array_equal(read_blob(filled, 64), np.arange(7, dtype=np.float16))
-    manifest = json.loads((pkg / "fmlab-manifest.json").read_text())
+    np.testing.assert_array_equal(read_blob(filled, 64), np.linspace(0, 1, 24, dtype=np.float32))  # not in the spec
+    manifest = json.loads((tmp_path / "out" / "tiny_adapter.fmlab" / "fmlab-manifest.json").read_text())
     L = a["draft_cfg"].num_layers
     assert manifest["draft"]["template"]["formats"] == {"fp16": 4 * L + 1, "linear_4bits": 1, "lut_4bits": 7 * L}
+    assert manifest["draft"]["template"]["mil_sha256_matches"] and manifest["draft"]["coreml"] is None
     source = load_draft_state(a["draft"], a["draft_cfg"])
     back = read_filled(filled, a["dir"] / "checkpoint_spec.yaml", a["draft_cfg"])
     for k, v in source.items():
@@ -433,6 +430,27 @@ def test_template_fill_and_read_back(template_assets, tmp_path):
     report = verify_fmadapter(pkg, num_prompts=2, max_new_tokens=12)
     assert report.ok, report.text()
     assert "template (int4 embedding + 4-bit LUT)" in report.numbers
+
+
+def test_fmlab_files_inside_the_package_only_on_request(template_assets, tmp_path):
+    a, out = template_assets, tmp_path / "out"
+    export(a, out, draft=a["draft"])  # the default: beside
+    assert (out / "tiny_adapter.fmlab" / "fmlab-manifest.json").is_file()
+    pkg = export(a, out, draft=a["draft"], extras_in_package=True)
+    assert sorted(p.name for p in out.iterdir()) == ["tiny_adapter.fmadapter"]  # the stale folder is gone
+    assert {"fmlab-manifest.json", "draft.mil", "draft_weights.bin"} <= {p.name for p in pkg.iterdir()}
+    report = verify_fmadapter(pkg, num_prompts=1, max_new_tokens=8)
+    assert report.ok, report.text()
+    entries = next(c for c in report.checks if c.name == "package holds exactly the toolkit's files")
+    assert entries.ok is None and "fmlab-manifest.json" in entries.detail
+    (out / "tiny_adapter.fmlab").mkdir()
+    (out / "tiny_adapter.fmlab" / "mine.txt").write_text("not fmlab's")
+    with pytest.raises(FmlabError, match="tiny_adapter.fmlab exists but is not fmlab's folder"):
+        export(a, out)
+    assert (out / "tiny_adapter.fmlab" / "mine.txt").is_file()
+    (pkg / "notes.txt").write_text("x")
+    report = verify_fmadapter(pkg, num_prompts=1, max_new_tokens=8)
+    assert not report.ok and "not the toolkit's: ['notes.txt']" in report.text()
 
 
 def test_apple_draft_has_134_template_entries():
@@ -449,12 +467,11 @@ def test_template_problems_are_clear_errors(template_assets, tmp_path):
     spec = yaml.safe_load((a["dir"] / "checkpoint_spec.yaml").read_text())
     name = "decoder.output_norm.scale"
     embedding = spec["weights_mapping"]["decoder.emb.token_emb._embedding"]
-    spec["weights_mapping"][name]["offset"] = embedding["offsets"]["data"]
+    spec["weights_mapping"][name]["blobs"]["values"] = embedding["blobs"]["values"]
     (a["dir"] / "checkpoint_spec.yaml").write_text(yaml.safe_dump(spec))
-    with pytest.raises(FmlabError, match="int4 of .* bytes; the new data is fp16"):
-        export(a, out, draft=a["draft"])
-    (a["dir"] / "draft.mil").write_text("another program")
-    with pytest.raises(FmlabError, match="mil_sha256"):
+    with pytest.raises(
+        FmlabError, match="output_norm.scale \\(values\\): blob at .* is int4 of .* the new data is fp16"
+    ):
         export(a, out, draft=a["draft"])
     (a["dir"] / "weights_template.bin").unlink()
     with pytest.raises(FmlabError, match="needs all of"):
@@ -481,10 +498,13 @@ def test_cli_export_and_verify(assets, tmp_path, capsys):
             "--author",
             "me",
             "--no-coreml",
+            "--extras-in-package",
         ]
     )
     assert rc == 0 and "adapter_weights.bin" in capsys.readouterr().out
     assert json.loads((out / "cli_adapter.fmadapter" / "metadata.json").read_text())["author"] == "me"
+    assert sorted(p.name for p in out.iterdir()) == ["cli_adapter.fmadapter"]  # the manifest is inside
+    assert (out / "cli_adapter.fmadapter" / "fmlab-manifest.json").is_file()
     assert main(["verify-fmadapter", str(out / "cli_adapter.fmadapter")]) == 0
     assert "all checks passed" in capsys.readouterr().out
     assert (
@@ -504,5 +524,5 @@ def test_checkpoint_may_be_a_run_directory(assets, tmp_path):
         json.dumps({"checkpoints": [{"path": "adapter-epoch2.pt", "eval_loss": 1.0}], "final": None})
     )
     pkg = export_fmadapter(tmp_path / "out", "from_run", run, assets=assets["dir"], log=lambda *_: None)
-    manifest = json.loads((pkg / "fmlab-manifest.json").read_text())
+    manifest = json.loads((pkg.parent / "from_run.fmlab" / "fmlab-manifest.json").read_text())
     assert manifest["sources"]["checkpoint"]["path"] == str((run / "adapter-epoch2.pt").resolve())

@@ -1,7 +1,9 @@
-"""export and verify-fmadapter: the .fmadapter package."""
+"""export and verify-fmadapter: the .fmadapter package (and the MLX export, `--format mlx`)."""
 
 from __future__ import annotations
 
+from fmlab.export.mlx import export_mlx
+from fmlab.export.mlx_format import DTYPES as MLX_DTYPES
 from fmlab.export.package import export_fmadapter, package_sizes
 from fmlab.export.verify import verify_fmadapter
 
@@ -34,7 +36,28 @@ def add_export(sub):
     p.add_argument(
         "--num-draft-tokens", type=int, default=5, help="metadata speculativeDecodingDraftTokenCount (default: 5)"
     )
-    p.add_argument("--no-coreml", action="store_true", help="do not add draft.mlpackage (Core ML draft)")
+    p.add_argument("--no-coreml", action="store_true", help="do not write draft.mlpackage (Core ML draft)")
+    p.add_argument(
+        "--extras-in-package",
+        action="store_true",
+        help="put fmlab-manifest.json and draft.mlpackage inside the .fmadapter (default: beside it in "
+        "<name>.fmlab/, so the package holds exactly the toolkit's files)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("fmadapter", "mlx", "both"),
+        default="fmadapter",
+        help="fmadapter (default): Apple's package; mlx: <name>_mlx/ (and <name>_mlx_draft/) for mlx-lm; both",
+    )
+    p.add_argument(
+        "--mlx-dtype", choices=tuple(MLX_DTYPES), default="float32", help="MLX weights dtype (default: float32)"
+    )
+    p.add_argument(
+        "--mlx-unfused",
+        action="store_true",
+        help="MLX: the base alone in model.safetensors and the LoRA in adapters/ (mlx-lm's adapter files)",
+    )
+    p.add_argument("--no-mlx-verify", action="store_true", help="MLX: skip the check with mlx-lm after writing")
     p.add_argument("-v", "--verbose", action="count", default=0, help="accepted for Apple compatibility")
     p.add_argument("-q", "--quiet", action="count", default=0, help="print only the package path")
     p.set_defaults(func=cmd_export)
@@ -42,6 +65,22 @@ def add_export(sub):
 
 def cmd_export(args):
     log = (lambda *_: None) if args.quiet else print
+    if args.format in ("mlx", "both"):
+        paths = export_mlx(
+            args.output_dir,
+            args.adapter_name,
+            args.checkpoint,
+            args.draft_checkpoint,
+            assets=args.assets,
+            dtype=args.mlx_dtype,
+            unfused=args.mlx_unfused,
+            verify=not args.no_mlx_verify,
+            log=log,
+        )
+        if args.quiet:
+            print("\n".join(str(p) for p in paths.values()))
+        if args.format == "mlx":
+            return 0
     path = export_fmadapter(
         args.output_dir,
         args.adapter_name,
@@ -54,6 +93,7 @@ def cmd_export(args):
         base_signature=args.base_signature,
         num_draft_tokens=args.num_draft_tokens,
         coreml=not args.no_coreml,
+        extras_in_package=args.extras_in_package,
         log=log,
     )
     if args.quiet:

@@ -9,19 +9,16 @@ the logits (1, T, vocab): one forward per call, no KV cache.
 
 Palettisation is coremltools' `palettize_weights` with 4-bit per-grouped-channel LUTs (16 output
 channels per table) on the linear and embedding weights (grouped LUTs: Han et al. 2016, Deep
-Compression), clustered with fmlab's `kmeans_1d`. coremltools cannot run `predict` off macOS, so
-`read_coreml_draft` checks the package by reading the MIL program and its `weight.bin` back with
-fmlab's own blob reader and de-palettising the weights into an fmlab state dict.
+Compression), clustered with coremltools' 1-D k-means (`quant4.kmeans_lut`, as for Apple's template).
+coremltools cannot run `predict` off macOS, so `read_coreml_draft` checks the package by reading the MIL
+program and its `weight.bin` back with fmlab's own blob reader and de-palettising the weights into an
+fmlab state dict.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import re
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +28,7 @@ from torch import nn
 
 from fmlab.errors import FmlabError
 from fmlab.export.mil_blob import read_blob
-from fmlab.export.quant4 import kmeans_1d
+from fmlab.export.quant4 import coremltools_kmeans, import_coremltools, kmeans_lut, quiet
 from fmlab.model.config import ModelConfig
 
 PREFIX = "p"  # the ParameterDict's attribute name: const ops are named p_<key>_to_fp16[...]
@@ -126,36 +123,11 @@ class CoreMLDraft(nn.Module):
         return F.linear(self._norm(x, "output_norm.weight"), P["embedding_weight"])  # tied output
 
 
-@contextlib.contextmanager
-def quiet():
-    """coremltools logs version warnings and draws progress bars on stderr: keep them out of reports."""
-    logger = logging.getLogger("coremltools")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-def import_coremltools():
-    try:
-        with quiet():
-            import coremltools as ct
-    except ImportError:
-        raise FmlabError(
-            "the Core ML draft needs coremltools (pip install coremltools); or export without it (--no-coreml)"
-        ) from None
-    return ct
-
-
 def _lut_function(nbits: int):
     def lut_function(values: np.ndarray):
-        lut, idx = kmeans_1d(torch.from_numpy(values.astype(np.float32).reshape(1, -1)), 1 << nbits)
-        return lut[0].numpy().astype(values.dtype), idx[0].numpy().astype(np.uint8)
+        return kmeans_lut(values, nbits, kmeans)
 
+    kmeans = coremltools_kmeans()
     return lut_function
 
 

@@ -79,15 +79,30 @@ def _dtype(name: str):
 def pack_bits(values: np.ndarray, bits: int) -> tuple[bytes, int]:
     """Pack integers (two's complement for signed) into `bits`-wide fields, LSB first; returns
     (bytes, padding bits in the last byte)."""
-    v = np.asarray(values).reshape(-1).astype(np.int64) & ((1 << bits) - 1)
+    v = np.asarray(values).reshape(-1)
+    if 8 % bits == 0:  # 1, 2, 4 bits: whole fields per byte, without a bit stream (the int4 embedding)
+        per = 8 // bits
+        padding = (-v.size) % per
+        fields = np.concatenate([v.astype(np.uint8) & ((1 << bits) - 1), np.zeros(padding, np.uint8)])
+        fields = fields.reshape(-1, per)
+        packed = np.zeros(len(fields), np.uint8)
+        for j in range(per):
+            packed |= fields[:, j] << np.uint8(j * bits)
+        return packed.tobytes(), padding * bits
+    v = v.astype(np.int64) & ((1 << bits) - 1)
     fields = ((v[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1)  # bit stream, LSB first
     padding = (-fields.size) % 8
     return np.packbits(np.concatenate([fields, np.zeros(padding, np.uint8)]), bitorder="little").tobytes(), padding
 
 
 def unpack_bits(data: bytes, bits: int, count: int, signed: bool) -> np.ndarray:
-    stream = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[: count * bits]
-    v = (stream.reshape(count, bits).astype(np.int64) << np.arange(bits)).sum(1)
+    raw = np.frombuffer(data, np.uint8)
+    if 8 % bits == 0:
+        v = ((raw[:, None] >> (np.arange(8 // bits, dtype=np.uint8) * bits)) & ((1 << bits) - 1)).reshape(-1)[:count]
+    else:
+        stream = np.unpackbits(raw, bitorder="little")[: count * bits]
+        v = (stream.reshape(count, bits).astype(np.int64) << np.arange(bits)).sum(1)
+    v = v.astype(np.int16)
     if signed:
         v = np.where(v >= 1 << (bits - 1), v - (1 << bits), v)
     return v.astype(np.int8 if signed else np.uint8)

@@ -1,17 +1,20 @@
 """`.fmadapter` export (docs/afm-format.md §8): Apple's package layout, written atomically.
 
-`<name>.fmadapter/` holds
+`<name>.fmadapter/` holds exactly what Apple's exporter writes:
 - `metadata.json`: §8.1 exactly (camelCase, sorted keys, indent 4);
 - `adapter_weights.bin`: §8.2, the LoRA tensors as a MIL blob file, one fp16 blob per tensor in the
   canonical order, each transposed (A: [r, in], B: [out, r]); the Q and K B-matrices (and segment_1's
   Q) have their rows moved from interleaved (GPT-J) to half-split (NeoX) order within each head,
   because the on-device runtime applies RoPE in half-split form;
-- with a draft: `draft.mil` + `draft_weights.bin` when the assets carry Apple's template (§8.3), and
-  always `draft.mlpackage` (Core ML, 4-bit palettised) unless switched off;
-- `fmlab-manifest.json`: fmlab's record of sources, settings and every file's sha256 (not Apple's).
+- with a draft, when the assets carry Apple's template (§8.3): `draft.mil` + `draft_weights.bin`.
 
-The package is built in a temporary directory inside the output directory and renamed into place;
-only a previous package of the same name is ever replaced.
+fmlab's own files go to `<name>.fmlab/` beside the package (inside it only with `extras_in_package`,
+since whether the device loader and Apple's asset-pack tool accept extra entries is unknown):
+`fmlab-manifest.json` (sources, settings, every file's sha256) and, with a draft, `draft.mlpackage`
+(Core ML, 4-bit palettised) unless switched off. `verify-fmadapter` finds them in either place.
+
+Both are built in temporary directories inside the output directory and renamed into place; only a
+previous package (and fmlab folder) of the same name is ever replaced.
 """
 
 from __future__ import annotations
@@ -27,18 +30,14 @@ from pathlib import Path
 import torch
 
 from fmlab import __version__
-from fmlab.checkpoints.apple_format import (
-    apple_key_map,
-    from_apple,
-    load_torch,
-    read_adapter,
-)
+from fmlab.checkpoints.apple_format import apple_key_map, from_apple, load_torch, read_adapter
 from fmlab.checkpoints.assets import BASE_CONFIG, BASE_WEIGHTS, DRAFT_CONFIG, assets_dir
 from fmlab.checkpoints.run_dir import resolve_checkpoint
 from fmlab.errors import FmlabError
-from fmlab.export.coreml_draft import export_coreml_draft, import_coremltools
+from fmlab.export.coreml_draft import export_coreml_draft
 from fmlab.export.draft_template import fill_template, template_files
 from fmlab.export.mil_blob import BlobWriter, read_blob, read_index
+from fmlab.export.quant4 import import_coremltools
 from fmlab.files import file_sha
 from fmlab.model.config import PRESETS, TAMM_FIELDS, ModelConfig, from_tamm_json, to_tamm_json
 from fmlab.model.lora import is_lora_b, is_lora_name
@@ -50,15 +49,10 @@ SUFFIX = ".fmadapter"
 METADATA, ADAPTER_WEIGHTS = "metadata.json", "adapter_weights.bin"
 DRAFT_MIL, DRAFT_WEIGHTS, DRAFT_MLPACKAGE = "draft.mil", "draft_weights.bin", "draft.mlpackage"
 MANIFEST = "fmlab-manifest.json"
-METADATA_KEYS = (
-    "adapterIdentifier",
-    "author",
-    "baseModelSignature",
-    "creatorDefined",
-    "description",
-    "license",
-    "loraRank",
-    "speculativeDecodingDraftTokenCount",
+EXTRAS_SUFFIX = ".fmlab"  # <name>.fmlab/ beside <name>.fmadapter/: fmlab's files for the package
+METADATA_KEYS = tuple(
+    "adapterIdentifier author baseModelSignature creatorDefined description license loraRank "
+    "speculativeDecodingDraftTokenCount".split()
 )
 
 
@@ -230,12 +224,12 @@ def read_adapter_weights(path: str | Path, cfg: ModelConfig) -> dict:
 # --- the package ------------------------------------------------------------------------------------
 
 
-def _check_replaceable(final: Path) -> None:
+def _check_replaceable(final: Path, markers=(METADATA, ADAPTER_WEIGHTS), what="an .fmadapter package") -> None:
+    """Refuse to replace anything but an earlier export's directory (one holding one of `markers`)."""
     if final.is_symlink() or (final.exists() and not final.is_dir()):
         raise FmlabError(f"{final} exists and is not a package directory; refusing to replace it")
-    is_package = (final / METADATA).is_file() or (final / ADAPTER_WEIGHTS).is_file()
-    if final.is_dir() and any(final.iterdir()) and not is_package:
-        raise FmlabError(f"{final} exists but is not an .fmadapter package (no {METADATA}); refusing to delete it")
+    if final.is_dir() and any(final.iterdir()) and not any((final / m).is_file() for m in markers):
+        raise FmlabError(f"{final} exists but is not {what} (no {markers[0]}); refusing to delete it")
 
 
 def package_files(package: Path) -> dict[str, dict]:
@@ -249,6 +243,20 @@ def package_files(package: Path) -> dict[str, dict]:
 
 def load_draft_state(path: str | Path, cfg: ModelConfig) -> dict:
     return from_apple(load_torch(path), cfg, str(path))
+
+
+def extras_dir(package: str | Path) -> Path:
+    """Where an export puts fmlab's own files by default: `<name>.fmlab/` beside `<name>.fmadapter/`."""
+    package = Path(package)
+    return package.parent / f"{package.name.removesuffix(SUFFIX)}{EXTRAS_SUFFIX}"
+
+
+def find_extra(package: str | Path, name: str) -> Path | None:
+    """fmlab's file `name` (MANIFEST, DRAFT_MLPACKAGE) for a package: inside it, else beside it, else None."""
+    for d in (Path(package), extras_dir(package)):
+        if (d / name).exists():
+            return d / name
+    return None
 
 
 def export_fmadapter(
@@ -265,11 +273,14 @@ def export_fmadapter(
     base_signature: str | None = None,
     num_draft_tokens: int = 5,
     coreml: bool = True,
+    extras_in_package: bool = False,
     log=print,
 ) -> Path:
     """Write `<output_dir>/<adapter_name>.fmadapter` from an adapter checkpoint (Apple `.pt` or fmlab
     `.safetensors`, or a run directory: its best) and optionally a draft checkpoint (Apple draft layout,
-    or a draft run directory); returns the package path."""
+    or a draft run directory); returns the package path. The package holds exactly the toolkit's files;
+    fmlab's own (`fmlab-manifest.json`, `draft.mlpackage`) go to `<adapter_name>.fmlab/` beside it, or
+    into the package with `extras_in_package`."""
     name = check_adapter_name(adapter_name)
     assets = assets_dir(assets).resolve()
     cfg = from_tamm_json(assets / BASE_CONFIG)
@@ -282,26 +293,30 @@ def export_fmadapter(
     draft = None
     if draft_checkpoint is not None:
         draft_checkpoint = resolve_checkpoint(draft_checkpoint, draft=True)
-        if coreml:
-            import_coremltools()  # fail before writing anything when it is missing
-
         draft_cfg = from_tamm_json(assets / DRAFT_CONFIG)
         if draft_cfg.vocab_size != cfg.vocab_size:
             raise FmlabError(f"draft vocabulary {draft_cfg.vocab_size} differs from the base's {cfg.vocab_size}")
-        draft = (draft_cfg, load_draft_state(draft_checkpoint, draft_cfg), template_files(assets))
+        template = template_files(assets)
+        if coreml or template is not None:
+            import_coremltools()  # fail before writing anything when it is missing
+        draft = (draft_cfg, load_draft_state(draft_checkpoint, draft_cfg), template)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = out / f"{name}{SUFFIX}"
+    extras = extras_dir(final)
     _check_replaceable(final)
+    if not extras_in_package:
+        _check_replaceable(extras, (MANIFEST,), "fmlab's folder for the package")
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}{SUFFIX}.tmp-", dir=out))
+    tmp_extras = tmp if extras_in_package else Path(tempfile.mkdtemp(prefix=f".{extras.name}.tmp-", dir=out))
     try:
         meta = metadata(name, signature, cfg.lora.rank, author, description, license, creator_defined, num_draft_tokens)
         (tmp / METADATA).write_text(metadata_text(meta), encoding="utf-8")
         n = write_adapter_weights(state, cfg, tmp / ADAPTER_WEIGHTS)
         log(f"{ADAPTER_WEIGHTS}: {n} fp16 blobs, {(tmp / ADAPTER_WEIGHTS).stat().st_size:,} bytes")
         manifest = {
-            "format": "fmlab-fmadapter-manifest/1",
+            "format": "fmlab-fmadapter-manifest/2",
             "adapter_name": name,
             "base_signature": signature,
             "assets": str(assets),
@@ -309,30 +324,41 @@ def export_fmadapter(
             "lora": {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "targets": list(cfg.lora.targets)},
             "sources": {"checkpoint": _source(checkpoint), "draft_checkpoint": _source(draft_checkpoint)},
             "draft": {"template": None, "coreml": None},
+            "fmlab_files_in": "package" if extras_in_package else extras.name,
         }
         if draft is not None:
             manifest["draft_config"] = to_tamm_json(draft[0])
-            manifest["draft"] = _write_draft(tmp, *draft, coreml=coreml, log=log)
+            manifest["draft"] = _write_draft(tmp, tmp_extras, *draft, coreml=coreml, log=log)
 
         manifest["fmlab_version"] = __version__
         manifest["files"] = package_files(tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if not extras_in_package:
+            manifest["fmlab_files"] = package_files(tmp_extras)
+        (tmp_extras / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if not extras_in_package:
+            _swap_into_place(tmp_extras, extras)
         _swap_into_place(tmp, final)
+        if extras_in_package and (extras / MANIFEST).is_file() and not extras.is_symlink():
+            shutil.rmtree(extras)  # an earlier export's, now stale
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp_extras, ignore_errors=True)
         raise
-    log(f"wrote {final}")
+    log(f"wrote {final}" + ("" if extras_in_package else f" (fmlab's manifest and Core ML draft: {extras})"))
     return final
 
 
-def _write_draft(package: Path, cfg: ModelConfig, state: dict, template: dict | None, coreml: bool, log) -> dict:
-    """Apple's template fill when the assets carry it; the Core ML draft unless switched off."""
+def _write_draft(
+    package: Path, extras: Path, cfg: ModelConfig, state: dict, template: dict | None, coreml: bool, log
+) -> dict:
+    """Apple's template fill into the package when the assets carry it; the Core ML draft (into
+    `extras`) unless switched off."""
     info = {"template": None, "coreml": None}
     if template is not None:
         info["template"] = fill_template(state, cfg, template, package)
         log(f"{DRAFT_WEIGHTS}: Apple template filled ({info['template']['entries']} tensors)")
     if coreml:
-        info["coreml"] = export_coreml_draft(state, cfg, package / DRAFT_MLPACKAGE)
+        info["coreml"] = export_coreml_draft(state, cfg, extras / DRAFT_MLPACKAGE)
         log(
             f"{DRAFT_MLPACKAGE}: converted in {info['coreml']['convert_s']} s, "
             f"palettised in {info['coreml']['palettize_s']} s"

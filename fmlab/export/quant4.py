@@ -1,96 +1,130 @@
-"""4-bit weight formats of Apple's draft export (docs/afm-format.md §8.3) and their inverses, in PyTorch.
+"""The 4-bit weight formats of Apple's draft template (docs/afm-format.md §8.3), computed the way the
+toolkit computes them so that the stored bytes are the same, and their inverses.
 
-- `lut4`: grouped-channel palettisation (k-means weight clustering as in Deep Compression, Han et al.
-  2016): each output channel is divided by its max |w| (fp16 scale), then every group of 16 output
-  channels shares a 16-entry fp16 look-up table found by 1-D k-means; indices are uint4.
-- `int4`: symmetric linear int4 per column (the embedding): scale = max(max|w| / 7, 1e-6), q in [-8, 7].
+- `int4` (`linear_4bits`, the embedding): symmetric per column, in fp32: scale = max(max|w| / 7, 1e-6),
+  codes = clip(round(w / scale), -8, 7) with that unrounded fp32 scale (round half to even); the scale
+  is rounded to fp16 only when it is stored.
+- `lut4` (`lut_4bits`, every linear kernel): grouped-channel palettisation (Deep Compression, Han et al.
+  2016), in float64: each output channel is divided by its max |w|, and each group of 16 output channels
+  gets a 16-entry palette from coremltools' 1-D k-means (`kmeans_lut`: the exact dynamic programme of
+  the `kmeans1d` package coremltools ships, Grønlund et al. 2017), called as the toolkit calls it.
+  Palettes and scales become fp16 only when stored, by numpy's direct float64 -> fp16 rounding
+  (`to_fp16`; torch rounds float64 to float32 first, which can land on the other side of a tie).
 
-`kmeans_1d` is fmlab's stand-in for coremltools' `_get_kmeans_lookup_table_and_weight(nbits=4,
-force_kmeans1d=True)` (whose `kmeans1d` dependency may be missing): Lloyd's algorithm on sorted values
-from quantile starting points, batched over groups, deterministic. Sorting makes each step a
-`searchsorted` over cluster boundaries plus prefix sums, so one step costs O(k log n) per group.
+The one intended difference from the toolkit: an all-zero output channel. The toolkit divides it by its
+max |w| = 0, so its group's palette is NaN; fmlab divides it by 1 (as coremltools' own per-channel scale
+does), stores its scale 0, and the channel decodes to exact zeros. Every other channel is unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 import torch
 
-
-def kmeans_1d(values: torch.Tensor, k: int = 16, iters: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cluster each row of `values` (G, N) into `k` scalars; returns (centroids (G, k) ascending,
-    indices (G, N) int64). Rows with at most k distinct values are represented exactly."""
-    x = values.detach().double()
-    G, N = x.shape
-    xs, _ = x.sort(dim=1)
-    csum = torch.cat([x.new_zeros(G, 1), xs.cumsum(1)], 1)  # (G, N + 1)
-    # start at the quantile midpoints of the data: spreads clusters where the mass is
-    q = ((torch.arange(k, dtype=torch.float64) + 0.5) / k * N).long().clamp_max(N - 1)
-    c = xs[:, q]  # (G, k)
-    rows = torch.arange(G)[:, None]
-    for _ in range(iters):
-        bounds = torch.searchsorted(xs, (c[:, 1:] + c[:, :-1]) / 2)  # (G, k - 1) split points
-        edges = torch.cat([x.new_zeros(G, 1, dtype=torch.long), bounds, torch.full((G, 1), N)], 1)
-        counts = edges[:, 1:] - edges[:, :-1]
-        sums = csum[rows, edges[:, 1:]] - csum[rows, edges[:, :-1]]
-        new = torch.where(counts > 0, sums / counts.clamp_min(1), c)
-        new, _ = new.sort(dim=1)
-        if torch.equal(new, c):
-            break
-        c = new
-    # few distinct values: use them exactly (as kmeans1d does with n_clusters = min(unique, k))
-    distinct = (xs[:, 1:] != xs[:, :-1]).sum(1) + 1
-    for g in torch.nonzero(distinct <= k).flatten().tolist():
-        u = xs[g].unique()
-        c[g] = torch.cat([u, u[-1:].expand(k - len(u))])
-    idx = nearest(x, c)
-    return c.to(values.dtype), idx
+from fmlab.errors import FmlabError
 
 
-def nearest(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest entry of each row's ascending `lut` (G, k) for values x (G, N)."""
-    mids = (lut[:, 1:] + lut[:, :-1]) / 2
-    return torch.searchsorted(mids.contiguous(), x.to(mids.dtype).contiguous())
+@contextlib.contextmanager
+def quiet():
+    """coremltools logs version warnings and draws progress bars on stderr: keep them out of reports."""
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def import_coremltools():
+    try:
+        with quiet():
+            import coremltools as ct
+    except ImportError:
+        raise FmlabError(
+            "the draft export needs coremltools (pip install coremltools==9.0): its k-means makes the 4-bit "
+            "palettes and the Core ML draft"
+        ) from None
+    return ct
+
+
+def coremltools_kmeans():
+    import_coremltools()  # once, outside any thread: it swaps sys.stderr while importing
+    from coremltools.models.neural_network.quantization_utils import _get_kmeans_lookup_table_and_weight
+
+    return _get_kmeans_lookup_table_and_weight
+
+
+def kmeans_lut(values: np.ndarray, nbits: int = 4, kmeans=None) -> tuple[np.ndarray, np.ndarray]:
+    """coremltools' 1-D k-means as the toolkit calls it (`force_kmeans1d=True`, `cluster_dim=1`): returns
+    (palette (2^nbits,) in the values' dtype, ascending, zero-padded when there are fewer distinct values;
+    indices (values.size,) uint8, in the values' flattened order)."""
+    kmeans = kmeans or coremltools_kmeans()
+    lut, idx = kmeans(nbits, values, force_kmeans1d=True, cluster_dim=1, vector_axis=0)
+    return lut.reshape(-1).astype(values.dtype), np.asarray(idx, np.uint8).reshape(-1)
+
+
+def to_fp16(x) -> np.ndarray:
+    """float64/fp32 values as stored: numpy's direct, correctly rounded conversion to fp16."""
+    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return x.astype(np.float16)
 
 
 # --- lut_4bits: per-output-channel scale + 16-channel grouped LUT ---------------------------------
 
 
-def lut4_quantize(w: torch.Tensor, group_size: int = 16, nbits: int = 4):
-    """w (out, in) -> (scale (out,) fp16, lut (out/group, 2^nbits) fp16, indices (out, in) uint8)."""
-    w = w.detach().float().reshape(w.shape[0], -1)
+def lut4_quantize(w, group_size: int = 16, nbits: int = 4, workers: int | None = None):
+    """w (out, ...) -> (scale (out,) float64, palette (out / group, 2^nbits) float64, indices (out, in)
+    uint8), all unrounded; store `to_fp16(scale)`, `to_fp16(palette)` and the indices as uint4.
+    Groups are clustered on `workers` threads (the k-means runs in C without the GIL); the result does
+    not depend on how many."""
+    w = torch.as_tensor(w).detach().cpu().double().reshape(len(w), -1).numpy()
     out, inp = w.shape
     if out % group_size:
         raise ValueError(f"{out} output channels are not divisible by the LUT group size {group_size}")
-    scale = w.abs().amax(1).clamp_min(1e-8).half()  # stored in fp16
-    normed = w / scale.float()[:, None]
+    peak = np.abs(w).max(1)
+    normed = w / np.where(peak == 0, 1.0, peak)[:, None]  # the all-zero-channel guard (module docstring)
     groups = normed.reshape(out // group_size, group_size * inp)
-    lut, _ = kmeans_1d(groups, 1 << nbits)
-    lut = lut.half()  # rounding is monotone: still ascending
-    idx = nearest(groups, lut.float())
-    return scale, lut, idx.reshape(out, inp).to(torch.uint8)
+    kmeans = coremltools_kmeans()
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(lambda g: kmeans_lut(g, nbits, kmeans), groups))
+    lut = np.stack([r[0] for r in results])
+    idx = np.stack([r[1] for r in results]).reshape(out, inp)
+    return peak, lut, idx
 
 
-def lut4_dequantize(scale: torch.Tensor, lut: torch.Tensor, indices: torch.Tensor, group_size: int = 16):
+def lut4_dequantize(scale, lut, indices, group_size: int = 16) -> torch.Tensor:
     """Inverse of `lut4_quantize`: w_hat[o, i] = lut[o // group, idx[o, i]] * scale[o] (float32)."""
+    indices = torch.as_tensor(np.asarray(indices)).long()
     out, inp = indices.shape
-    groups = indices.long().reshape(out // group_size, group_size * inp)
-    w = lut.float().reshape(out // group_size, -1).gather(1, groups).reshape(out, inp)
-    return w * scale.float().reshape(out, 1)
+    lut = torch.as_tensor(np.asarray(lut, np.float32)).reshape(out // group_size, -1)
+    w = lut.gather(1, indices.reshape(out // group_size, group_size * inp)).reshape(out, inp)
+    return w * torch.as_tensor(np.asarray(scale, np.float32)).reshape(out, 1)
 
 
 # --- linear_4bits: symmetric int4 per column --------------------------------------------------------
 
 
-def int4_quantize(w: torch.Tensor):
-    """w (rows, cols) -> (q (rows, cols) int8 in [-8, 7], scale (cols,) fp16); one scale per column."""
-    w = w.detach().float()
-    scale = (w.abs().amax(0) / 7).clamp_min(1e-6).half()
-    q = torch.clamp(torch.round(w / scale.float()), -8, 7).to(torch.int8)
+def int4_quantize(w):
+    """w (rows, cols) -> (q (rows, cols) int8 in [-8, 7], scale (cols,) fp32, unrounded: store
+    `to_fp16(scale)`); one scale per column."""
+    w = torch.as_tensor(w).detach().float()
+    scale = (w.abs().amax(0) / 7).clamp_min(1e-6)
+    q = torch.clamp(torch.round(w / scale), -8, 7).to(torch.int8)
     return q, scale
 
 
-def int4_dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return q.float() * scale.float()
+def int4_dequantize(q, scale) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(q)).float() * torch.as_tensor(np.asarray(scale, np.float32))
 
 
 # --- error measures ---------------------------------------------------------------------------------

@@ -1,13 +1,14 @@
 """`fmlab verify-fmadapter`: read a `.fmadapter` package back and check it numerically (the
 apple/ml-ane-transformers habit: an export is checked against the PyTorch model, not only written).
 
-1. files: the manifest's sha256 sums; `metadata.json` schema and exact §8.1 formatting;
+1. files: the manifest's sha256 sums (the manifest inside the package or in `<name>.fmlab/` beside it),
+   that the package holds exactly the toolkit's files, `metadata.json` schema and exact §8.1 formatting;
 2. `adapter_weights.bin`: header, 64-byte-aligned metadata/data offsets, fp16 dtype and size per blob;
 3. the adapter rebuilt from the blobs (permutation and transpose undone) equals the source checkpoint
    rounded to fp16, and the base model's logits with it match those with the source adapter;
-4. each stored draft (Apple template and/or Core ML): reconstruction error of its 4-bit weights, and
-   the speculative acceptance rate (Leviathan et al. 2023) of the de-quantised draft against the
-   full-precision draft at T=0, i.e. what 4-bit quantisation costs in accepted tokens.
+4. each stored draft (Apple's template; the Core ML draft, in or beside the package): reconstruction
+   error of its 4-bit weights, and the speculative acceptance rate (Leviathan et al. 2023) of the
+   de-quantised draft against the full-precision draft at T=0, i.e. what 4-bit costs in accepted tokens.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from fmlab.export.package import (
     check_adapter_name,
     default_signature,
     file_sha,
+    find_extra,
     load_draft_state,
     metadata_text,
     package_files,
@@ -49,6 +51,8 @@ from fmlab.model.config import from_tamm_json
 from fmlab.model.lora import is_lora_b
 from fmlab.model.transformer import build_model
 
+TOOLKIT_FILES = {METADATA, ADAPTER_WEIGHTS, DRAFT_MIL, DRAFT_WEIGHTS}
+FMLAB_FILES = {MANIFEST, DRAFT_MLPACKAGE}
 PROMPTS = [
     "Write a short scene where a king meets a ghost.",
     "What is the capital of France?",
@@ -116,6 +120,34 @@ class Report:
         ]
         lines.append("  => " + ("all checks passed" if self.ok else "FAILED"))
         return "\n".join(lines)
+
+
+def _check_manifest(report: Report, package: Path) -> dict:
+    """fmlab's manifest (inside the package or beside it): the sha256 of every file it lists."""
+    path = find_extra(package, MANIFEST)
+    if path is None:
+        report.add("manifest", None, f"no {MANIFEST} in or beside the package (not written by fmlab)")
+        return {}
+    manifest = json.loads(path.read_text())
+    pairs = [(manifest.get("files", {}), package_files(package), "")]
+    if path.parent != package:  # beside the package: its own folder's files are listed too
+        pairs.append((manifest.get("fmlab_files", {}), package_files(path.parent), f"{path.parent.name}/"))
+    bad = [p + k for listed, actual, p in pairs for k in sorted({*listed, *actual}) if listed.get(k) != actual.get(k)]
+    count = sum(len(actual) for _, actual, _ in pairs)
+    report.add("manifest checksums", not bad, f"differ: {bad[:3]}" if bad else f"{count} files ({path})")
+    return manifest
+
+
+def _check_entries(report: Report, package: Path) -> None:
+    """The toolkit's package holds its own files only (§8.3); fmlab's two are inside only on request."""
+    entries = {p.name for p in package.iterdir()}
+    unknown, own = sorted(entries - TOOLKIT_FILES - FMLAB_FILES), sorted(entries & FMLAB_FILES)
+    half_draft = len(entries & {DRAFT_MIL, DRAFT_WEIGHTS}) == 1
+    if unknown or half_draft:
+        detail = f"not the toolkit's: {unknown}" if unknown else f"only one of {DRAFT_MIL}, {DRAFT_WEIGHTS}"
+        report.add("package holds exactly the toolkit's files", False, detail)
+    else:  # fmlab's own files inside (exported so on request): not wrong, but not the toolkit's package
+        report.add("package holds exactly the toolkit's files", None if own else True, f"also {own}" if own else "")
 
 
 def _check_metadata(report: Report, package: Path, stem: str) -> dict:
@@ -244,6 +276,7 @@ def _check_drafts(
         report.add("draft", None, "no source draft checkpoint to compare with")
         return
     src = load_draft_state(src_path, draft_cfg)
+    mlpackage = find_extra(package, DRAFT_MLPACKAGE)
     if (package / DRAFT_WEIGHTS).is_file():
         try:
             report.add("draft_weights.bin blob structure", True, f"{len(read_index(package / DRAFT_WEIGHTS))} blobs")
@@ -260,8 +293,8 @@ def _check_drafts(
             variants["template (int4 embedding + 4-bit LUT)"] = read_filled(
                 package / DRAFT_WEIGHTS, spec, draft_cfg, src
             )
-    if (package / DRAFT_MLPACKAGE).is_dir():
-        state, info = read_coreml_draft(package / DRAFT_MLPACKAGE, draft_cfg)
+    if mlpackage is not None:
+        state, info = read_coreml_draft(mlpackage, draft_cfg)
         luts = {tuple(s[1:]) for s in info["lut_shapes"].values()}
         ok = info["palettized"] > 0 and "indices:uint4" in info["blob_dtypes"] and luts == {(1, 16, 1)}
         report.add(
@@ -323,14 +356,8 @@ def verify_fmadapter(
     except FmlabError as err:
         report.add("adapter name", False, str(err))
         stem = package.name.removesuffix(SUFFIX)
-    manifest = {}
-    if (package / MANIFEST).is_file():
-        manifest = json.loads((package / MANIFEST).read_text())
-        listed, actual = manifest.get("files", {}), package_files(package)
-        bad = sorted(k for k in set(listed) | set(actual) if listed.get(k) != actual.get(k))
-        report.add("manifest checksums", not bad, f"differ: {bad[:3]}" if bad else f"{len(actual)} files")
-    else:
-        report.add("manifest", None, f"no {MANIFEST} (not written by fmlab)")
+    manifest = _check_manifest(report, package)
+    _check_entries(report, package)
     meta = _check_metadata(report, package, stem)
     assets = assets_dir(assets or manifest.get("assets")).resolve()
     cfg = from_tamm_json(assets / BASE_CONFIG)
@@ -355,7 +382,7 @@ def verify_fmadapter(
         exact = all(torch.equal(pkg_state[k], src[k].half().float()) for k in src)
         report.add("adapter tensors == source rounded to fp16", exact)
         _compare_logits(report, target, src, pkg_state, cfg.vocab_size)
-    if (package / DRAFT_WEIGHTS).is_file() or (package / DRAFT_MLPACKAGE).is_dir():
+    if (package / DRAFT_WEIGHTS).is_file() or find_extra(package, DRAFT_MLPACKAGE) is not None:
         _check_drafts(
             report,
             package,
