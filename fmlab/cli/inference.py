@@ -9,9 +9,11 @@ from fmlab.checkpoints.run_dir import resolve_adapter, resolve_draft
 from fmlab.data.chat_template import GENERATION_PROMPT, encode_prompt
 from fmlab.data.validate import DataError, read_messages
 from fmlab.errors import FmlabError
+from fmlab.infer import constrained
 from fmlab.infer.acceptance import measure_acceptance
 from fmlab.infer.generate import generate, stop_ids
 from fmlab.infer.sampling import Sampling
+from fmlab.infer.speculative import speculative_generate
 from fmlab.model.precision import AUTO, PRECISIONS, choose_precision, describe_choice, resolve_device
 
 # --- generate (inference: base, adapter, speculative decoding) ------------------------------------
@@ -55,6 +57,14 @@ def add_generate(sub):
         help="tokens the draft proposes per round (Apple spells it --num_draft_tokens)",
     )
     p.add_argument("--seed", type=int, default=0)
+    guide = p.add_mutually_exclusive_group()
+    guide.add_argument(
+        "--schema",
+        metavar="FILE",
+        help="constrain every reply to JSON valid under this JSON schema (a schema, or a response_format dict)",
+    )
+    guide.add_argument("--choices", help="constrain every reply to one of these comma-separated choices, e.g. yes,no")
+    guide.add_argument("--regex", help="constrain every reply to match this regular expression as a whole")
     p.add_argument("--assets", help="assets directory (default: $FMLAB_ASSETS or the embedded fmlab-tiny)")
     p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     p.add_argument(
@@ -113,6 +123,46 @@ def _generate_prompts(tokenizer, prompt: str) -> list[tuple[str, list[int]]]:
     return [(prompt, encode_prompt(tokenizer, [{"role": "user", "content": prompt}]))]
 
 
+def _constraint(tokenizer, args):
+    """The grammar of --schema / --choices / --regex, or None."""
+    if args.schema:
+        return constrained.schema_file(tokenizer, args.schema)
+    if args.choices is not None:
+        options = [c.strip() for c in args.choices.split(",") if c.strip()]
+        return constrained.choices(tokenizer, options, "--choices")
+    if args.regex is not None:
+        return constrained.regex(tokenizer, args.regex, "--regex")
+    return None
+
+
+def _constrained_speculative(model, draft, prompts, stop, args, sampling, precision, constraint) -> dict:
+    """measure_acceptance's record (outputs, per-prompt stats, totals) for decoding under a constraint."""
+    outputs, runs = [], []
+    for ids in prompts:
+        out, stats = speculative_generate(
+            model,
+            draft,
+            ids,
+            stop,
+            args.max_new_tokens,
+            args.num_draft_tokens,
+            sampling,
+            precision,
+            constraint=constraint,
+        )
+        outputs.append(out)
+        runs.append({**stats, "latency_s": stats["seconds"]})
+    totals = {key: sum(r[key] for r in runs) for key in ("proposed", "accepted", "rounds", "new_tokens")}
+    return {
+        **totals,
+        "acceptance_rate": totals["accepted"] / max(totals["proposed"], 1),
+        "mean_accepted_length": totals["accepted"] / max(totals["rounds"], 1),
+        "tokens_per_round": totals["new_tokens"] / max(totals["rounds"], 1),
+        "outputs": outputs,
+        "per_prompt": runs,
+    }
+
+
 def cmd_generate(args):
     import json
 
@@ -120,6 +170,7 @@ def cmd_generate(args):
 
     _check_generate_flags(args)
     tokenizer = load_tokenizer(args.assets)
+    constraint = _constraint(tokenizer, args)  # before loading a model: a bad schema fails at once
     prompts = _generate_prompts(tokenizer, args.prompt)
     device = resolve_device(args.device)
     model = load_base(args.assets, checkpoint=resolve_adapter(args.checkpoint), device=device)
@@ -149,6 +200,7 @@ def cmd_generate(args):
             sampling,
             batch_size=args.batch_size,
             precision=precision,
+            constraint=constraint,
         )
         for (label, ids), g in zip(prompts, outs):
             records.append(
@@ -167,17 +219,22 @@ def cmd_generate(args):
         if args.batch_size > 1:
             print("note: speculative decoding runs one prompt at a time; --batch-size is ignored", file=sys.stderr)
         stop = stop_ids(tokenizer)
-        spec = measure_acceptance(
-            model,
-            draft,
-            [ids for _, ids in prompts],
-            args.num_draft_tokens,
-            args.max_new_tokens,
-            stop=stop,
-            sampling=sampling,
-            precision=precision,
-            time_plain=False,
-        )
+        if constraint is not None:
+            spec = _constrained_speculative(
+                model, draft, [ids for _, ids in prompts], stop, args, sampling, precision, constraint
+            )
+        else:
+            spec = measure_acceptance(
+                model,
+                draft,
+                [ids for _, ids in prompts],
+                args.num_draft_tokens,
+                args.max_new_tokens,
+                stop=stop,
+                sampling=sampling,
+                precision=precision,
+                time_plain=False,
+            )
         for (label, ids), out, stats in zip(prompts, spec["outputs"], spec["per_prompt"]):
             stats = dict(stats)
             latency = stats.pop("latency_s")

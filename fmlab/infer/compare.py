@@ -19,6 +19,8 @@ import difflib
 import html
 import math
 import re
+import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from fmlab.checkpoints.apple_format import load_adapter
 from fmlab.checkpoints.assets import load_base
 from fmlab.checkpoints.run_dir import BASE, resolve_checkpoint
 from fmlab.errors import FmlabError
+from fmlab.infer.constrained import Grammar
 from fmlab.infer.generate import generate
 from fmlab.infer.sampling import Sampling
 from fmlab.model.lora import is_lora_b, is_lora_name, lora_modules, merge_lora, unmerge_lora
@@ -70,6 +73,22 @@ def prompt_text(prompt) -> str:
         users = [m.get("content") or "" for m in prompt if m.get("role") == "user"]
         return users[-1] if users else ""
     return f"<{len(prompt)} token ids>"
+
+
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model) -> threading.RLock:
+    """The lock a `compare` run holds on each model it decodes with, for the whole run. Widget callbacks
+    run on a kernel thread of their own, so a comparison view's Generate and a cell's `compare` can
+    use the same base at once; without the lock one would decode with the adapter the other swapped
+    in. (A plain `generate` on a model that a `compare` is swapping into is not covered.)"""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
 
 
 @contextlib.contextmanager
@@ -127,6 +146,7 @@ def compare(
     precision: str = AUTO,
     warmup: bool = True,
     stream: Callable[[str, int, str], None] | None = None,
+    constraint: Grammar | None = None,
 ):
     """Generate every prompt with every model; one DataFrame row per (prompt, model).
 
@@ -135,6 +155,7 @@ def compare(
     `base_model`, else it is loaded once from `assets`. Every model gets the same sampling seed.
     score_fn(prompt, text) → float scores each reply (prompt as given: text or messages).
     stream(model, prompt_index, piece) receives text as it is generated.
+    constraint: a `fmlab.infer.constrained` grammar every reply of every model must match.
     """
     import pandas as pd
 
@@ -152,6 +173,9 @@ def compare(
         base_model = load_base(assets)
     rows = []
     with contextlib.ExitStack() as stack:
+        used = {id(m): m for m in [*models.values(), base_model] if isinstance(m, torch.nn.Module)}
+        for _, m in sorted(used.items()):  # one order for every caller: two runs cannot deadlock
+            stack.enter_context(model_lock(m))
         restore = stack.enter_context(adapter_swapping(base_model)) if needs_base else None
         for k, (name, spec) in enumerate(models.items()):
             if isinstance(spec, torch.nn.Module):
@@ -174,6 +198,7 @@ def compare(
                 batch_size=batch_size,
                 precision=precision,
                 stream=on_piece,
+                constraint=constraint,
             )
             for i, g in enumerate(outs):
                 score = float(score_fn(inputs[i], g.text)) if score_fn else math.nan

@@ -19,6 +19,7 @@ import torch
 
 from fmlab.data.chat_template import encode_prompt
 from fmlab.errors import FmlabError
+from fmlab.infer.constrained import Grammar, TokenMask
 from fmlab.infer.sampling import Sampling, sample
 from fmlab.model.lora import frozen_adapters
 from fmlab.model.precision import AUTO, autocast, cache_dtype, resolve_precision
@@ -121,8 +122,10 @@ def generate_ids(
     precision: str = AUTO,
     on_token: Callable[[int, int], None] | None = None,
     compile_model: bool = False,
+    constraint: Grammar | None = None,
 ):
-    """Token-level generation for a batch of prompt ids. Returns (new ids per row, finish reasons, ttft)."""
+    """Token-level generation for a batch of prompt ids. Returns (new ids per row, finish reasons, ttft).
+    With `constraint` every row's reply matches the grammar (`fmlab.infer.constrained`), then stops."""
     sampling = sampling or Sampling()
     model, compiled = unwrap_compiled(model, compile_model)
     device = model.embedding.weight.device
@@ -133,17 +136,25 @@ def generate_ids(
     cache = new_cache(model, len(prompts), ids.shape[1] + max_new_tokens, precision, compiled)
     out = [[] for _ in prompts]
     done = [False] * len(prompts)
+    matchers = [constraint.matcher() for _ in prompts] if constraint is not None else None
+    mask = TokenMask(constraint, len(prompts), model.config.vocab_size) if constraint is not None else None
     start = time.perf_counter()
     ttft = None
     with autocast(precision, device), frozen_adapters(model):
         logits = prefill(model, ids.to(device), seg.to(device), cache)
         for _ in range(max_new_tokens):
+            if matchers is not None:  # only the grammar's allowed tokens, before any sampling transform
+                for i, m in enumerate(matchers):
+                    mask.fill(i, None if done[i] else m)
+                logits = mask.apply(logits)
             nxt = sample(logits, sampling, gen)
             ttft = ttft if ttft is not None else time.perf_counter() - start
             for i, t in enumerate(nxt.tolist()):
                 if not done[i]:
                     out[i].append(t)
                     done[i] = t in stop
+                    if matchers is not None and not done[i]:
+                        matchers[i].advance(t)
                     if on_token:
                         on_token(i, t)
             if all(done):
@@ -175,10 +186,12 @@ def generate(
     precision: str = AUTO,
     stream: Callable[[int, str], None] | None = None,
     compile_model: bool = False,
+    constraint: Grammar | None = None,
 ) -> list[Generation]:
     """Generate a reply for each prompt (message list or plain user text), `batch_size` at a time.
     `stream(i, text)` is called with each new piece of text of prompt i. `compile_model` compiles
-    the decode step (pays off over a few hundred tokens; the first call compiles for tens of seconds)."""
+    the decode step (pays off over a few hundred tokens; the first call compiles for tens of seconds).
+    `constraint` (a `fmlab.infer.constrained` grammar for this tokenizer) makes every reply match it."""
     encoded = encode_prompts(tokenizer, prompts)
     stop = stop_ids(tokenizer)
     results = []
@@ -204,6 +217,7 @@ def generate(
             precision=precision,
             on_token=on_token if stream else None,
             compile_model=compile_model,
+            constraint=constraint,
         )
         latency = time.perf_counter() - start
         for ids, prompt, reason in zip(out, chunk, reasons):

@@ -6,6 +6,10 @@ Accept rule, for each proposed token x_i with draft probability q_i(x) and targe
 accept with probability min(1, p_i(x_i) / q_i(x_i)); at the first rejection, sample a replacement
 from norm(max(0, p_i - q_i)) and stop; if all k are accepted, sample a bonus token from p_{k+1}.
 Rejected tokens are rolled back by moving each cache's end slot; nothing is copied.
+
+Under a constraint (`fmlab.infer.constrained`) both p_i and q_i are the masked distributions of the same
+grammar state (the prefix before x_i), so the rule stays exact for the constrained target; the draft's
+masks are reused for the target's check, and the grammar state rolls back with the caches.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 
 import torch
 
+from fmlab.infer.constrained import Grammar, TokenMask
 from fmlab.infer.generate import (
     check_context,
     decode_one,
@@ -37,6 +42,7 @@ def speculative_generate(
     sampling: Sampling | None = None,
     precision: str = AUTO,
     compile_model: bool = False,
+    constraint: Grammar | None = None,
 ) -> tuple[list[int], dict]:
     """Generate for one prompt; returns (new token ids, acceptance statistics). `compile_model` compiles
     both models' decode steps (as `generate` does): the draft's one-token step and the target's
@@ -44,7 +50,8 @@ def speculative_generate(
 
     A round costs k draft steps plus one target forward, so the draft's cost per token against the
     target's decides the speedup: drafted tokens stay tensors between draft steps and are read back
-    once per round, and at T=0 no distribution is materialised (argmax of the logits only)."""
+    once per round, and at T=0 no distribution is materialised (argmax of the logits only).
+    With `constraint` the output matches the grammar: exactly constrained `generate`'s at T=0."""
     s = sampling or Sampling()
     k = max(1, num_draft_tokens)
     target, compiled = unwrap_compiled(target, compile_model)
@@ -60,6 +67,14 @@ def speculative_generate(
     def run(model, ids, cache):  # logits (1, T, V) for ids (1, T) appended to the cache
         return model(ids, cache=cache) if cache.end == 0 else extend(model, ids, cache, compiled)
 
+    matcher = constraint.matcher() if constraint is not None else None
+    # row i: the tokens allowed after d_1..d_i; the draft step and the target's check use the same rows
+    mask = TokenMask(constraint, k + 1, target.config.vocab_size) if constraint is not None else None
+
+    def constrain(logits, row: int, consumed: int, all_rows: bool = False):  # after a drafted stop: stops only
+        mask.fill(row, matcher) if consumed == row else mask.fill_stop(row)
+        return mask.apply(logits, None if all_rows else row)
+
     out: list[int] = []
     # tokens each model has not yet seen; the last one is the "pending" token whose successor comes next
     d_todo = t_todo = torch.tensor([prompt], device=device)
@@ -70,13 +85,18 @@ def speculative_generate(
         while len(out) < max_new_tokens:
             # 1. draft proposes k tokens, one forward each (the first also catches up on unseen tokens)
             d_logits = run(draft, d_todo, d_cache)[:, -1]
-            tokens, q = [], []
+            tokens, q, consumed = [], [], 0
             for i in range(k):
+                if mask is not None:
+                    d_logits = constrain(d_logits, i, consumed)
                 if s.greedy:
                     tokens.append(d_logits.argmax(-1))  # (1,)
                 else:
                     q.append(probabilities(d_logits, s)[0])
                     tokens.append(torch.multinomial(q[-1], 1, generator=gen))
+                if matcher is not None and consumed == i and int(tokens[-1]) not in stop:
+                    matcher.advance(int(tokens[-1]))
+                    consumed += 1
                 if i < k - 1:
                     d_logits = decode_one(draft, tokens[-1], d_cache, compiled)
             block = torch.cat([t_todo, torch.cat(tokens)[None]], dim=1)
@@ -84,6 +104,8 @@ def speculative_generate(
             # 2. target scores pending + drafts in one forward: k + 1 distributions
             t_len_before = t_cache.end
             t_logits = run(target, block, t_cache)[0, -(k + 1) :]
+            if mask is not None:  # rows 0..k-1 as the draft saw them, row k after all k drafts
+                t_logits = constrain(t_logits, k, consumed, all_rows=True)
             # 3. accept a prefix of the drafts, then one corrected or bonus token
             if s.greedy:
                 best = t_logits.argmax(-1).tolist()
@@ -107,6 +129,10 @@ def speculative_generate(
                     nxt = int(torch.multinomial(p[k], 1, generator=gen))
             proposed, accepted, rounds = proposed + k, accepted + n, rounds + 1
             new = drafted[:n] + [nxt]
+            if matcher is not None:  # back to the state after d_1..d_n, then on with the corrected token
+                matcher.rollback(consumed - min(n, consumed))
+                if nxt not in stop and n <= consumed:
+                    matcher.advance(nxt)
             ttft = ttft if ttft is not None else time.perf_counter() - start
             # 4. roll back what was rejected: target keeps [pending, d_1..d_n]; draft saw d_1..d_{k-1}
             kept_end = t_len_before + t_todo.shape[1] + n
