@@ -12,9 +12,9 @@ import sys
 
 from fmlab.errors import FmlabError
 
-from . import basics, export, inference, training
+from . import basics, evaluation, export, inference, training
 
-COMMANDS = [basics, training, inference, export]
+COMMANDS = [basics, training, inference, export, evaluation]
 
 
 def _apply_config_file(parser, argv):

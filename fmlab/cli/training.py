@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from fmlab.checkpoints.assets import BASE_CONFIG, assets_dir
+from fmlab.data.schema import load_response_format
 from fmlab.data.validate import read_messages
 from fmlab.lab.loss_plot import LiveLossPlot
 from fmlab.model.config import LoRAConfig, from_tamm_json
@@ -70,6 +71,12 @@ def _training_flags(p, draft: bool = False):
     p.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/last.pt exactly")
     p.add_argument("--seed", type=int, default=TRAIN.seed)
     p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
+    p.add_argument(
+        "--report-to",
+        default=",".join(TRAIN.report_to),
+        help="also log to tensorboard (CHECKPOINT_DIR/tensorboard) and/or mlflow (its own MLFLOW_TRACKING_URI), "
+        "comma-separated; each needs its package",
+    )
 
 
 def _train_config(args, prefix: str, precision: str, compile_model: bool, schedule: str, every_n: int):
@@ -93,6 +100,7 @@ def _train_config(args, prefix: str, precision: str, compile_model: bool, schedu
         prefix=prefix,
         loss_update_frequency=args.loss_update_frequency,
         seed=args.seed,
+        report_to=args.report_to,
     )
 
 
@@ -101,6 +109,7 @@ def _data_config(args):
         max_sequence_length=args.max_sequence_length,
         pack_sequences=args.pack_sequences,
         fixed_sized_sequences=args.fixed_sized_sequences,
+        response_format=load_response_format(args.response_schema) if getattr(args, "response_schema", None) else None,
     )
 
 
@@ -110,6 +119,11 @@ def add_train_adapter(sub):
     p.add_argument("--lora-rank", type=int, default=None, help="default: the base config's (Apple: 32)")
     p.add_argument("--lora-alpha", type=float, default=None, help="default: the base config's (Apple: 16)")
     p.add_argument("--plot", help="write the loss curve PNG here (default: CHECKPOINT_DIR/loss.png)")
+    p.add_argument(
+        "--response-schema",
+        metavar="FILE",
+        help="JSON schema (or response_format) added to every sample that has none, as the toolkit's SchemaAugmenter",
+    )
     p.set_defaults(func=cmd_train_adapter)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from fmlab.checkpoints.assets import load_base, load_tokenizer
 from fmlab.data.dataset import tokenize_dataset
 from fmlab.data.packing import Batches
+from fmlab.data.schema import with_response_format
 from fmlab.data.validate import read_messages
 from fmlab.errors import FmlabError
 from fmlab.model.lora import mark_only_lora_trainable, replace_lora
@@ -25,6 +26,9 @@ class DataConfig:
     pack_sequences: bool = False
     fixed_sized_sequences: bool = False
     reject_long: bool = False
+    # `--response-schema`: a response_format dict (fmlab.data.schema) put on every sample's last user
+    # message that has none, as the toolkit's SchemaAugmenter does; the labels stay the assistant's
+    response_format: dict | None = None
 
     def __post_init__(self):
         if (self.pack_sequences or self.fixed_sized_sequences) and not self.max_sequence_length:
@@ -37,6 +41,9 @@ def load_batches(tokenizer, path, data: DataConfig, batch_size: int, seed: int |
     """Validated, tokenized batches of a chat JSONL file (`.epoch(n)` gives epoch n's order)."""
 
     samples = read_messages(path, mode="train")
+    if data.response_format is not None:
+        for sample in samples:
+            sample.messages = with_response_format(sample.messages, data.response_format)
     if train and len(samples) < batch_size:
         raise FmlabError(f"{path}: {len(samples)} samples is fewer than --batch-size {batch_size}")
     dataset = tokenize_dataset(tokenizer, samples, data.max_sequence_length, data.reject_long)

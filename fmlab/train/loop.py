@@ -29,6 +29,7 @@ from fmlab.data.chat_template import IGNORE
 from fmlab.errors import FmlabError
 from fmlab.files import atomic_write
 from fmlab.model.precision import AUTO, PRECISIONS, autocast, choose_precision, describe_choice, prepare_precision
+from fmlab.train.reporters import make_reporters, parse_report_to
 
 
 @dataclass
@@ -52,6 +53,7 @@ class TrainConfig:
     prefix: str = "adapter"
     loss_update_frequency: int = 3  # progress-bar refresh, in steps
     seed: int = 0
+    report_to: tuple[str, ...] = ()  # also log to "tensorboard", "mlflow" (fmlab.train.reporters)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -63,6 +65,7 @@ class TrainConfig:
                 raise FmlabError(f"--{name.replace('_', '-')} must be at least 1")
         if self.learning_rate <= 0:
             raise FmlabError("--learning-rate must be positive")
+        self.report_to = parse_report_to(self.report_to)
 
 
 def lr_lambda(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
@@ -243,7 +246,10 @@ def train(
     if config.compile_model:
         run_model = torch.compile(run_model)
     total_steps = config.epochs * steps_per_epoch
+    reporters = make_reporters(config.report_to, out_dir, asdict(config)) if rank == 0 else []
+    callbacks = [*callbacks, *reporters]
     bar = _progress(total_steps, position["step"], disable=rank != 0)
+    run_start, first_step = time.perf_counter(), position["step"]
     step, summary = position["step"], {"eval_loss": None, "loss": None}
     divergence = DivergenceCheck()
     model.train()
@@ -303,6 +309,7 @@ def train(
             step_loss = float(loss_sum) / max(targets, 1)
             if not math.isfinite(step_loss) or (scaler is None and not torch.isfinite(grad_norm)):
                 bar.close()
+                _callbacks(reporters, "on_end", {})
                 raise FmlabError(
                     f"non-finite {'loss' if not math.isfinite(step_loss) else 'gradient'} at step {step + 1} "
                     f"(epoch {epoch + 1}); stopped without saving it. The last good state is in {out_dir} "
@@ -330,7 +337,9 @@ def train(
                 "precision": config.precision,  # what `auto` resolved to (the reason is in the manifest)
             }
             log(row)
-            _callbacks(callbacks, "on_step", row)
+            # the time left at this run's pace so far, evaluations and checkpoint writes included
+            eta = (time.perf_counter() - run_start) / (step - first_step) * (total_steps - step)
+            _callbacks(callbacks, "on_step", {**row, "eta_s": round(eta, 1)})
             summary["loss"] = step_loss
             if divergence.update(step_loss):
                 summary["diverged_at_step"] = step
@@ -338,7 +347,7 @@ def train(
                     warnings.warn(divergence.message(step, lr), DivergenceWarning, stacklevel=2)
             bar.update(1)
             if step % config.loss_update_frequency == 0:
-                bar.set_postfix(loss=f"{step_loss:.4f}", refresh=False)
+                bar.set_postfix(loss=f"{step_loss:.4f}", eta=_clock(eta), refresh=False)
             if config.eval_every and step % config.eval_every == 0 and s + 1 < steps_per_epoch:
                 summary["eval_loss"] = run_eval(row["epoch"])
                 if rank == 0 and summary["eval_loss"] is not None:
@@ -369,10 +378,17 @@ def train(
                 model, step=step, epoch=epoch + 1, eval_loss=summary["eval_loss"], train_loss=summary["loss"]
             )
         checkpoint_state(epoch + 1, 0)
+    if summary["loss"] is not None:  # the last step's loss, as the plot and the summary show it
+        bar.set_postfix(loss=f"{summary['loss']:.4f}", refresh=False)
     bar.close()
     summary.update(steps=step, out_dir=str(out_dir), manifest=ckpt.manifest)
     _callbacks(callbacks, "on_end", summary)
     return summary
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 def _progress(total: int, initial: int, disable: bool):
