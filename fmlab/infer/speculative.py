@@ -127,7 +127,12 @@ def speculative_generate(
                     nxt = int(torch.multinomial(residual / residual.sum(), 1, generator=gen))
                 else:
                     nxt = int(torch.multinomial(p[k], 1, generator=gen))
-            proposed, accepted, rounds = proposed + k, accepted + n, rounds + 1
+            # counted as tamm counts: a round drafts no more than the reply still needs after the
+            # target's own token, and nothing after the draft's stop (the block keeps k drafts, so the
+            # compiled check keeps one shape)
+            counted = min(k, max_new_tokens - len(out) - 1)
+            counted = next((i + 1 for i, t in enumerate(drafted[:counted]) if t in stop), counted)
+            proposed, accepted, rounds = proposed + counted, accepted + min(n, counted), rounds + 1
             new = drafted[:n] + [nxt]
             if matcher is not None:  # back to the state after d_1..d_n, then on with the corrected token
                 matcher.rollback(consumed - min(n, consumed))
