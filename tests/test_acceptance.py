@@ -35,7 +35,9 @@ def test_untimed_and_given_plain_time(pair):
     target, draft, prompts = pair
     untimed = measure_acceptance(target, draft, prompts, 2, 8, time_plain=False)
     assert untimed["speedup"] is None and untimed["plain_seconds"] is None and untimed["identical"] is None
-    assert 0 <= untimed["acceptance_rate"] <= 1 and untimed["proposed"] == 2 * untimed["rounds"]
+    assert (
+        0 <= untimed["acceptance_rate"] <= 1 and untimed["proposed"] <= 2 * untimed["rounds"]
+    )  # the last rounds count fewer (as tamm)
     given = measure_acceptance(target, draft, prompts, 2, 8, plain_seconds=2.0)
     assert given["plain_seconds"] == 2.0 and given["speedup"] == pytest.approx(2.0 / given["speculative_seconds"])
     assert given["outputs"] == untimed["outputs"]  # greedy: the same tokens however it is timed
@@ -49,7 +51,7 @@ def test_sweep_over_k_shares_one_plain_decoding(pair):
     assert all(r["identical"] for r in rows)  # T = 0: token for token the plain greedy output
     for r in rows:
         assert r["expected_speedup"] == pytest.approx(r["tokens_per_round"] / (r["k"] * 0.5 + 1))
-        assert r["proposed"] == r["k"] * r["rounds"]
+        assert r["proposed"] <= r["k"] * r["rounds"]
 
 
 def test_decode_cost_ratio(pair):
