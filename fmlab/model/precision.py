@@ -92,9 +92,12 @@ def matmul_gflops(
     return 2 * rows * size * size / best / 1e9
 
 
+PROBE_ROUNDS = 3
+
+
 @functools.cache
 def probe(device_type: str) -> PrecisionChoice:
-    """The `auto` choice for a device type, measured once per process (~20 ms on a CPU)."""
+    """The `auto` choice for a device type, measured once per process (~40 ms on a CPU)."""
     device = torch.device(device_type)
     if not _available(device):  # an estimate for a device this machine lacks: assume a modern one
         return PrecisionChoice("bf16-mixed", f"no {device.type} device here: assuming one with fast bf16")
@@ -102,8 +105,12 @@ def probe(device_type: str) -> PrecisionChoice:
         if bf16_supported(device):
             return PrecisionChoice("bf16-mixed", f"{torch.cuda.get_device_name(device)} supports bf16")
         return PrecisionChoice("f32", f"{torch.cuda.get_device_name(device)} has no bf16")
-    f32 = matmul_gflops(device, torch.float32)
-    bf16 = matmul_gflops(device, torch.bfloat16)
+    # alternating rounds, the best of each: a burst of load on a shared machine then slows one
+    # round of each dtype, never the f32 measurement alone (which once made `auto` pick a 40x slower bf16)
+    f32 = bf16 = 0.0
+    for _ in range(PROBE_ROUNDS):
+        f32 = max(f32, matmul_gflops(device, torch.float32, budget_s=0.01))
+        bf16 = max(bf16, matmul_gflops(device, torch.bfloat16, budget_s=0.01))
     rates = f"bf16 matmul {bf16:.1f} GFLOP/s vs f32 {f32:.1f} GFLOP/s on this {device.type}"
     if bf16 >= f32:
         return PrecisionChoice("bf16-mixed", rates, f32, bf16)
