@@ -17,12 +17,11 @@ and `labels_test.jsonl` (see `data/README.md`).
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 from pathlib import Path
 
 from fmlab.tiny.play_text import CHARACTERS, SETTINGS
+from fmlab.tiny.splits import splits_main, write_splits
 from fmlab.tiny.stories import at_place
 
 LABELS = ("happy", "sad", "scared", "angry")
@@ -141,23 +140,11 @@ def split_samples(seed: int = 0) -> dict[str, list[list[dict]]]:
 
 def make_splits(out: str | Path = "data", seed: int = 0) -> dict[str, Path]:
     """Write `labels_train.jsonl`, `labels_valid.jsonl`, `labels_test.jsonl` to `out`."""
-    out, paths = Path(out), {}
-    out.mkdir(parents=True, exist_ok=True)
-    for name, samples in split_samples(seed).items():
-        paths[name] = out / f"labels_{name}.jsonl"
-        paths[name].write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
-    return paths
+    return write_splits(out, split_samples(seed), "labels_{name}.jsonl")
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m fmlab.tiny.label_task", description="write the labelled splits")
-    ap.add_argument(
-        "--out", default="data", help="folder for labels_train.jsonl, labels_valid.jsonl, labels_test.jsonl"
-    )
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    for name, path in make_splits(args.out, args.seed).items():
-        print(f"{name}: {SPLITS[name]} samples -> {path}")
+    splits_main("python -m fmlab.tiny.label_task", "write the labelled splits", make_splits, argv)
 
 
 if __name__ == "__main__":

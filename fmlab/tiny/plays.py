@@ -20,8 +20,6 @@ A request names 2-3 characters, a setting and 1-3 scenes; the reply is (`fmlab.t
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import re
 from pathlib import Path
@@ -34,6 +32,7 @@ from fmlab.tiny.play_text import (
     play_text,
     request_text,
 )
+from fmlab.tiny.splits import splits_main, write_splits
 
 SPLITS = {"train": 1500, "valid": 150, "test": 100}
 SYSTEM_FRACTION = 0.7
@@ -100,12 +99,7 @@ def split_samples(seed: int = 0) -> dict[str, list[list[dict]]]:
 
 def make_splits(out: str | Path = "data", seed: int = 0) -> dict[str, Path]:
     """Write `train.jsonl`, `valid.jsonl`, `test.jsonl` (one JSON list of messages per line) to `out`."""
-    out, paths = Path(out), {}
-    out.mkdir(parents=True, exist_ok=True)
-    for name, samples in split_samples(seed).items():
-        paths[name] = out / f"{name}.jsonl"
-        paths[name].write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
-    return paths
+    return write_splits(out, split_samples(seed), "{name}.jsonl")
 
 
 # --- reading a request back ------------------------------------------------------------------------
@@ -288,12 +282,7 @@ def play_format_table(results):
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m fmlab.tiny.plays", description="write the toy play-writing splits")
-    ap.add_argument("--out", default="data", help="folder for train.jsonl, valid.jsonl, test.jsonl")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    for name, path in make_splits(args.out, args.seed).items():
-        print(f"{name}: {SPLITS[name]} samples -> {path}")
+    splits_main("python -m fmlab.tiny.plays", "write the toy play-writing splits", make_splits, argv)
 
 
 if __name__ == "__main__":

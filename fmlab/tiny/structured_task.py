@@ -15,15 +15,14 @@ The schema is a plain JSON schema augmented by `fmlab.data.schema` (the generato
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from pathlib import Path
 
 from fmlab.data.schema import from_json_schema
-from fmlab.files import atomic_write
 from fmlab.tiny.play_text import PlayRequest, request_text
 from fmlab.tiny.plays import generate_requests
+from fmlab.tiny.splits import splits_main, write_splits
 
 SPLITS = {"train": 600, "valid": 60, "test": 100}
 FIELDS = ("title", "characters", "setting", "scenes")
@@ -98,21 +97,11 @@ def split_samples(seed: int = 0) -> dict[str, list[list[dict]]]:
 
 def make_splits(out: str | Path = "data", seed: int = 0) -> dict[str, Path]:
     """Write `guided_train.jsonl`, `guided_valid.jsonl`, `guided_test.jsonl` to `out`."""
-    out, paths = Path(out), {}
-    for name, samples in split_samples(seed).items():
-        paths[name] = out / f"guided_{name}.jsonl"
-        with atomic_write(paths[name]) as f:
-            f.write("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples).encode("utf-8"))
-    return paths
+    return write_splits(out, split_samples(seed), "guided_{name}.jsonl")
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m fmlab.tiny.structured_task", description="write the guided splits")
-    ap.add_argument("--out", default="data", help="folder for guided_{train,valid,test}.jsonl")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    for name, path in make_splits(args.out, args.seed).items():
-        print(f"{name}: {SPLITS[name]} samples -> {path}")
+    splits_main("python -m fmlab.tiny.structured_task", "write the guided splits", make_splits, argv)
 
 
 if __name__ == "__main__":
