@@ -79,6 +79,7 @@ def speculative_generate(
     # tokens each model has not yet seen; the last one is the "pending" token whose successor comes next
     d_todo = t_todo = torch.tensor([prompt], device=device)
     proposed = accepted = rounds = 0
+    per_round: list[int] = []  # accepted drafts per round, as tamm's accepted_token_counts
     start = time.perf_counter()
     ttft = None
     with autocast(precision, device), frozen_adapters(target), frozen_adapters(draft):
@@ -132,7 +133,8 @@ def speculative_generate(
             # compiled check keeps one shape)
             counted = min(k, max_new_tokens - len(out) - 1)
             counted = next((i + 1 for i, t in enumerate(drafted[:counted]) if t in stop), counted)
-            proposed, accepted, rounds = proposed + counted, accepted + min(n, counted), rounds + 1
+            per_round.append(min(n, counted))
+            proposed, accepted, rounds = proposed + counted, accepted + per_round[-1], rounds + 1
             new = drafted[:n] + [nxt]
             if matcher is not None:  # back to the state after d_1..d_n, then on with the corrected token
                 matcher.rollback(consumed - min(n, consumed))
@@ -157,6 +159,7 @@ def speculative_generate(
         "proposed": proposed,
         "accepted": accepted,
         "rounds": rounds,
+        "accepted_per_round": per_round,
         "acceptance_rate": accepted / max(proposed, 1),
         "mean_accepted_length": accepted / max(rounds, 1),
         "tokens_per_round": len(out) / max(rounds, 1),
