@@ -10,7 +10,7 @@ from helpers import randomize_lora, write_assets
 from fmlab.checkpoints.apple_format import save_adapter
 from fmlab.checkpoints.assets import load_base
 from fmlab.cli import main
-from fmlab.infer.compare import compare
+from fmlab.infer.compare import adapter_swapping, compare, model_lock
 from fmlab.lab.comparison_view import ComparisonView, checkpoint_label
 from fmlab.lab.demo_page import write_demo_page
 from fmlab.lab.frontend import resolve_live
@@ -236,6 +236,31 @@ def test_compare_on_a_shared_base_from_two_threads_at_once(lm, tiny_tokenizer, t
         t.join(120)
     assert not errors and all(len(v) == 12 for v in got.values())
     assert {name: set(texts) for name, texts in got.items()} == {n: {t} for n, t in expected.items()}
+
+
+def test_adapter_swapping_waits_for_another_threads_lock(lm):
+    """`fmlab.eval` swaps adapters through `adapter_swapping`, not `compare`: the block itself must wait
+    while another thread (a view's Generate inside compare) holds the model."""
+    entered, held, release = threading.Event(), threading.Event(), threading.Event()
+
+    def holder():
+        with model_lock(lm):
+            held.set()
+            release.wait(30)
+
+    def swapper():
+        with adapter_swapping(lm):
+            entered.set()
+
+    threads = [threading.Thread(target=holder), threading.Thread(target=swapper)]
+    threads[0].start()
+    assert held.wait(30)
+    threads[1].start()
+    assert not entered.wait(0.5)  # blocked while the other thread holds the model
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert entered.is_set()
 
 
 def test_checkpoint_label_shows_step_and_eval_loss(tmp_path):

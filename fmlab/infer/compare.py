@@ -80,10 +80,12 @@ _LOCKS_GUARD = threading.Lock()
 
 
 def model_lock(model) -> threading.RLock:
-    """The lock a `compare` run holds on each model it decodes with, for the whole run. Widget callbacks
-    run on a kernel thread of their own, so a comparison view's Generate and a cell's `compare` can
-    use the same base at once; without the lock one would decode with the adapter the other swapped
-    in. (A plain `generate` on a model that a `compare` is swapping into is not covered.)"""
+    """The lock a `compare` run holds on each model it decodes with, for the whole run, and that every
+    `adapter_swapping` block holds on its model (so `fmlab.eval`'s runs are covered too). Widget
+    callbacks run on a kernel thread of their own, so a comparison view's Generate and a cell's
+    `compare` or `evaluate` can use the same base at once; without the lock one would decode with the
+    adapter the other swapped in. (A plain `generate` on a model that is being swapped into is not
+    covered.)"""
     with _LOCKS_GUARD:
         lock = _LOCKS.get(model)
         if lock is None:
@@ -94,24 +96,26 @@ def model_lock(model) -> threading.RLock:
 @contextlib.contextmanager
 def adapter_swapping(model):
     """Restore the model's LoRA tensors (and merged state) however the block exits; yields `restore()`,
-    which puts the model's own adapter back in the middle of the block."""
+    which puts the model's own adapter back in the middle of the block. The block holds the model's
+    `model_lock`: no other thread swaps into it meanwhile."""
 
-    merged = any(m.merged for m in lora_modules(model))
-    unmerge_lora(model)  # swapping B under a merged weight would double-count it
-    saved = {n: p.detach().clone() for n, p in model.named_parameters() if is_lora_name(n)}
+    with model_lock(model):
+        merged = any(m.merged for m in lora_modules(model))
+        unmerge_lora(model)  # swapping B under a merged weight would double-count it
+        saved = {n: p.detach().clone() for n, p in model.named_parameters() if is_lora_name(n)}
 
-    @torch.no_grad()
-    def restore():
-        for n, p in model.named_parameters():
-            if n in saved:
-                p.copy_(saved[n])
+        @torch.no_grad()
+        def restore():
+            for n, p in model.named_parameters():
+                if n in saved:
+                    p.copy_(saved[n])
 
-    try:
-        yield restore
-    finally:
-        restore()
-        if merged:
-            merge_lora(model)
+        try:
+            yield restore
+        finally:
+            restore()
+            if merged:
+                merge_lora(model)
 
 
 def use_adapter(model, adapter: str | Path | None) -> None:
