@@ -82,7 +82,7 @@ def test_train_adapter_with_config_file_then_train_draft(tmp_path, small_data, c
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--pack-sequences"], "--max-sequence-length"),
+        (["--pack-sequences", "--max-sequence-length", "5000"], "--max-sequence-length"),
         (["--precision", "fp8"], "invalid choice"),
         (["--batch-size", "0"], "batch-size"),
     ],

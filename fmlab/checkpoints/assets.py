@@ -4,6 +4,7 @@ laid out like Apple's toolkit `assets/` (ARCHITECTURE.md). The embedded `fmlab-t
 
 from __future__ import annotations
 
+import json
 import os
 import sysconfig
 from pathlib import Path
@@ -26,6 +27,7 @@ from fmlab.model.transformer import Transformer, build_model
 BASE_CONFIG, BASE_WEIGHTS = "base-model-config.json", "base-model.pt"
 DRAFT_CONFIG, DRAFT_WEIGHTS = "draft-model-config.json", "draft-model.pt"
 TOKENIZER = "tokenizer.model"
+MANIFEST = "manifest.json"  # fmlab's own assets only: Apple's toolkit ships none
 ASSET_FILES = (BASE_CONFIG, BASE_WEIGHTS, DRAFT_CONFIG, DRAFT_WEIGHTS, TOKENIZER)
 
 
@@ -129,3 +131,34 @@ def assets_dir(path: str | os.PathLike | None = None, must_exist: bool = True) -
     if must_exist and not chosen.is_dir():
         raise FmlabError(f"assets directory {chosen} does not exist (set --assets or FMLAB_ASSETS)")
     return chosen
+
+
+# The training settings an assets manifest may recommend (`"recommended": {"train_adapter": {...},
+# "train_draft": {...}}`): a tiny base needs other values than Apple's, tuned for the 3B one.
+RECOMMENDABLE = {
+    "learning_rate": (float, 1e-6, 1.0),
+    "epochs": (int, 1, 100),
+    "batch_size": (int, 1, 1024),
+    "warmup_fraction": (float, 0.0, 1.0),
+    "max_sequence_length": (int, 1, 4096),
+}
+
+
+def recommended(assets: str | os.PathLike | None = None, command: str = "train_adapter") -> dict:
+    """What the assets' manifest recommends for `command` ("train_adapter" or "train_draft"), checked
+    against RECOMMENDABLE; {} for assets without a manifest (Apple's), so Apple's defaults stay."""
+    path = assets_dir(assets) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        values = json.loads(path.read_text()).get("recommended", {}).get(command, {})
+    except (ValueError, AttributeError) as err:
+        raise FmlabError(f"{path}: cannot read its recommended settings ({err})") from None
+    for key, value in values.items():
+        if key not in RECOMMENDABLE:
+            raise FmlabError(f"{path}: recommended.{command}.{key} is not a setting fmlab knows")
+        kind, low, high = RECOMMENDABLE[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+            raise FmlabError(f"{path}: recommended.{command}.{key} = {value!r} is outside {low}..{high}")
+        values[key] = kind(value)
+    return values

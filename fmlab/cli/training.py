@@ -6,7 +6,7 @@ import inspect
 from pathlib import Path
 from types import SimpleNamespace
 
-from fmlab.checkpoints.assets import BASE_CONFIG, assets_dir
+from fmlab.checkpoints.assets import BASE_CONFIG, RECOMMENDABLE, assets_dir, recommended
 from fmlab.data.schema import load_response_format
 from fmlab.data.validate import read_messages
 from fmlab.lab.loss_plot import LiveLossPlot
@@ -19,7 +19,7 @@ from fmlab.train.losses import DIVERGENCES
 
 # --- training (adapters and drafts share the loop and most flags) -----------------------------------
 
-TRAIN, DATA = TrainConfig(), DataConfig()  # the flags' defaults are the library's, declared once there
+TRAIN = TrainConfig()  # the flags' defaults are the library's, declared once there
 DRAFT = SimpleNamespace(  # train-draft's own flags: train_draft's keyword defaults
     **{n: p.default for n, p in inspect.signature(train_draft).parameters.items() if p.default is not p.empty}
 )
@@ -31,8 +31,14 @@ def _training_flags(p, draft: bool = False):
     p.add_argument("--assets", help="assets directory (default: $FMLAB_ASSETS or the embedded fmlab-tiny)")
     p.add_argument("--train-data", required=True, help="chat JSONL for training")
     p.add_argument("--eval-data", help="chat JSONL for evaluation (else checkpoints rank by train loss)")
-    p.add_argument("--epochs", type=int, default=TRAIN.epochs)
-    p.add_argument("-lr", "--learning-rate", type=float, default=TRAIN.learning_rate)
+    p.add_argument("--epochs", type=int, default=None, help=f"default: the assets' recommendation, else {TRAIN.epochs}")
+    p.add_argument(
+        "-lr",
+        "--learning-rate",
+        type=float,
+        default=None,
+        help=f"default: the assets' recommendation, else Apple's {TRAIN.learning_rate}",
+    )
     p.add_argument(
         "--warmup-epochs",
         type=float,
@@ -40,9 +46,14 @@ def _training_flags(p, draft: bool = False):
         help="linear warmup length in epochs (Apple's flag); default: --warmup-fraction",
     )
     p.add_argument(
-        "--warmup-fraction", type=float, default=TRAIN.warmup_fraction, help="warmup as a fraction of all steps"
+        "--warmup-fraction",
+        type=float,
+        default=None,
+        help=f"warmup as a fraction of all steps (else {TRAIN.warmup_fraction})",
     )
-    p.add_argument("--batch-size", type=int, default=TRAIN.batch_size)
+    p.add_argument(
+        "--batch-size", type=int, default=None, help=f"default: the assets' recommendation, else {TRAIN.batch_size}"
+    )
     p.add_argument("--gradient-accumulation-steps", type=int, default=TRAIN.gradient_accumulation_steps)
     p.add_argument("--activation-checkpointing", action="store_true")
     if draft:
@@ -55,7 +66,12 @@ def _training_flags(p, draft: bool = False):
         p.add_argument("--compile-model", action="store_true", help="torch.compile the model (CPU and CUDA)")
     p.add_argument("--weight-decay", type=float, default=TRAIN.weight_decay)
     p.add_argument("--clip-grad-norm", type=float, default=TRAIN.clip_grad_norm)
-    p.add_argument("--max-sequence-length", type=int, default=DATA.max_sequence_length)
+    p.add_argument(
+        "--max-sequence-length",
+        type=int,
+        default=None,
+        help="default: the assets' recommendation; with --pack-sequences, else the base's context length",
+    )
     p.add_argument("--fixed-sized-sequences", action="store_true")
     p.add_argument("--pack-sequences", action="store_true")
     p.add_argument(
@@ -77,6 +93,31 @@ def _training_flags(p, draft: bool = False):
         help="also log to tensorboard (CHECKPOINT_DIR/tensorboard) and/or mlflow (its own MLFLOW_TRACKING_URI), "
         "comma-separated; each needs its package",
     )
+
+
+def _fill_defaults(args, command: str) -> None:
+    """Each training setting left unset: the assets' recommendation (fmlab-tiny's manifest), else the
+    library default (Apple's values); `--pack-sequences` alone packs to the base's context length.
+    Says which values came from the assets; `args.settings_from` records every setting's source."""
+    assets = recommended(args.assets, command)
+    library = {k: getattr(TRAIN, k, None) for k in RECOMMENDABLE}
+    sources = {}
+    for key in RECOMMENDABLE:
+        if getattr(args, key) is not None:
+            sources[key] = "given"
+        elif key in assets:
+            setattr(args, key, assets[key])
+            sources[key] = "assets"
+        else:
+            setattr(args, key, library[key])
+            sources[key] = "default"
+    if args.max_sequence_length is None and (args.pack_sequences or args.fixed_sized_sequences):
+        args.max_sequence_length = from_tamm_json(assets_dir(args.assets) / BASE_CONFIG).context_length
+        sources["max_sequence_length"] = "base context length"
+    used = [f"{k.replace('_', '-')} {getattr(args, k)}" for k, v in sources.items() if v == "assets"]
+    if used:
+        print(f"using the assets' recommended {', '.join(used)} (a flag overrides)")
+    args.settings_from = sources
 
 
 def _train_config(args, prefix: str, precision: str, compile_model: bool, schedule: str, every_n: int):
@@ -101,6 +142,7 @@ def _train_config(args, prefix: str, precision: str, compile_model: bool, schedu
         loss_update_frequency=args.loss_update_frequency,
         seed=args.seed,
         report_to=args.report_to,
+        settings_from=args.settings_from,
     )
 
 
@@ -128,6 +170,7 @@ def add_train_adapter(sub):
 
 
 def cmd_train_adapter(args):
+    _fill_defaults(args, "train_adapter")
     lora = None
     if args.lora_rank or args.lora_alpha:
         base = from_tamm_json(assets_dir(args.assets) / BASE_CONFIG).lora or LoRAConfig()
@@ -194,6 +237,7 @@ def add_train_draft(sub):
 
 
 def cmd_train_draft(args):
+    _fill_defaults(args, "train_draft")
     config = _train_config(args, "draft-model", args.draft_precision, args.compile_draft_model, "constant", 1)
     prompts = None
     source = args.score_prompts or args.eval_data

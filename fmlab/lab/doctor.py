@@ -31,13 +31,14 @@ from fmlab.checkpoints.assets import (
     DRAFT_WEIGHTS,
     TOKENIZER,
     assets_dir,
+    recommended,
 )
 from fmlab.data.tokenizer import Tokenizer
 from fmlab.errors import FmlabError
 from fmlab.files import file_sha
 from fmlab.model.config import from_tamm_json
 from fmlab.model.lora import is_lora_name
-from fmlab.model.precision import AUTO, ENV, bf16_supported, choose_precision, probe, resolve_device
+from fmlab.model.precision import AUTO, ENV, bf16_supported, choose_precision, cpu_name, probe, resolve_device
 from fmlab.model.transformer import build_model
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -99,7 +100,7 @@ def check_devices() -> list[Check]:
         Check(
             "cpu",
             WARN if slow else OK,
-            f"{torch.get_num_threads()} threads, {speeds}; auto picks {auto.precision}"
+            f"{cpu_name()}, {torch.get_num_threads()} threads, {speeds}; auto picks {auto.precision}"
             + (f" ({auto.reason})" if auto.reason.startswith(ENV) else ""),
             f"bf16 is {cpu.f32_gflops / max(cpu.bf16_gflops, 1e-9):.0f}x slower than f32 on this CPU (no native bf16): "
             "keep --precision auto (f32 here); an explicit bf16-mixed would be that much slower"
@@ -269,7 +270,22 @@ def _check_manifest(assets: Path) -> list[Check]:
                 "restore the files (git checkout assets/) or rebuild them with fmlab build-assets",
             )
         ]
-    return [Check("checksums", OK, f"{len(files)} files match manifest.json")]
+    return [Check("checksums", OK, f"{len(files)} files match manifest.json"), _check_recommended(assets)]
+
+
+def _check_recommended(assets: Path) -> Check:
+    """The manifest's recommended training settings: known keys, sane ranges (what the CLI will use)."""
+    try:
+        shown = {command: recommended(assets, command) for command in ("train_adapter", "train_draft")}
+    except FmlabError as err:
+        return Check("recommended", FAIL, str(err), "fix manifest.json or rebuild with fmlab build-assets")
+    if not any(shown.values()):
+        return Check("recommended", OK, "none: the CLI uses Apple's defaults")
+    return Check(
+        "recommended",
+        OK,
+        "; ".join(f"{c}: " + ", ".join(f"{k} {v}" for k, v in values.items()) for c, values in shown.items()),
+    )
 
 
 # A conversation that touches every part of the template: tools, a tool call, a tool result, non-ASCII JSON.

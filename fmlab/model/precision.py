@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import platform
 import time
 import warnings
 from dataclasses import dataclass
@@ -115,6 +116,24 @@ def probe(device_type: str) -> PrecisionChoice:
     if bf16 >= f32:
         return PrecisionChoice("bf16-mixed", rates, f32, bf16)
     return PrecisionChoice("f32", rates, f32, bf16)
+
+
+def cpu_name() -> str:
+    """This CPU's model name and its native-bf16 flags, e.g. "AMD EPYC (avx512_bf16: yes, amx: no)"."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:  # not Linux: the model name from platform is what there is
+        return name
+    yes = lambda flag: "yes" if flag in flags else "no"
+    return f"{name} (avx512_bf16: {yes('avx512_bf16')}, amx: {yes('amx_bf16')})"
 
 
 def choose_precision(precision: str | None, device: torch.device | str = "cpu") -> PrecisionChoice:

@@ -18,7 +18,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -54,6 +54,7 @@ class TrainConfig:
     loss_update_frequency: int = 3  # progress-bar refresh, in steps
     seed: int = 0
     report_to: tuple[str, ...] = ()  # also log to "tensorboard", "mlflow" (fmlab.train.reporters)
+    settings_from: dict = field(default_factory=dict)  # the CLI's record: given / assets / default
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
