@@ -47,7 +47,7 @@ bench: setup         ## peer benchmarks → benchmarks/RESULTS.md
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python -m benchmarks.run_all
 
-assets: setup        ## rebuild the embedded default from its seed
+assets: setup system-packages   ## rebuild the embedded default from its seed (needs WordNet: wordnet-base)
 	$(BIN)/fmlab build-assets
 
 clean:

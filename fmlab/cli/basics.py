@@ -67,12 +67,18 @@ def add_build_assets(sub):
     p = sub.add_parser("build-assets", help="rebuild the embedded default fmlab-tiny from its seed")
     p.add_argument("--out", default=None, help="assets directory to write (default: the repo's assets/)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work", default="out/build-assets", help="scratch directory for training runs")
+    p.add_argument(
+        "--work",
+        default="out/build-assets",
+        help="scratch directory: finished stages and resume state (rerun to resume)",
+    )
+    p.add_argument("--wordnet", default=None, help="WordNet 3.0 folder (default: $WORDNET_DIR or /usr/share/wordnet)")
     p.set_defaults(func=cmd_build_assets)
 
 
 def cmd_build_assets(args):
-    manifest = build_assets(args.out or REPO_ASSETS, Recipe(seed=args.seed), work=args.work)
+    where = {"wordnet_dir": args.wordnet} if args.wordnet else {}
+    manifest = build_assets(args.out or REPO_ASSETS, Recipe(seed=args.seed), work=args.work, **where)
     print(
         f"built {manifest['name']} in {manifest['seconds']['total_s']:.0f} s; "
         f"base play_format_score {manifest['base_play_format_score']}"

@@ -1,12 +1,15 @@
 """`fmlab build-assets`: make the embedded default `fmlab-tiny` from a seed, in Apple's assets layout.
 
-1. a SentencePiece tokenizer with Apple's special pieces, trained on fmlab's synthetic corpus;
+1. a SentencePiece tokenizer with Apple's special pieces, trained on the pretraining mix;
 2. the base: the AFM architecture (regular + KV-reuse layers, QK-norm, GQA, an untrained LoRA),
-   pretrained on the corpus (stories, template chats, Q&A) so it chats but does not know plays,
-   then its int8 KV ranges calibrated (Apple's base ships frozen ranges);
-3. the draft: a much smaller model of the same vocabulary, pretrained on the same corpus;
-4. a manifest with sha256 sums, the recipe, timings, and the base's play-format score.
-Deterministic for a seed on a given machine and thread count.
+   pretrained on the mix (`fmlab.tiny.mix`: WordNet's real English, fmlab's synthetic chats, stories
+   and JSON drills) so it reads English and chats but does not know plays, then its int8 KV ranges
+   calibrated (Apple's base ships frozen ranges);
+3. the draft: a much smaller model of the same vocabulary, pretrained on the same mix;
+4. a manifest with sha256 sums, the recipe, each source's licence and tokens, timings, eval losses
+   per source, the base's play-format score and the recommended adapter recipe.
+Deterministic for a seed on a given machine and thread count. An interrupted build resumes: finished
+stages are kept in the work directory and a pretraining run continues from its last saved step.
 """
 
 from __future__ import annotations
@@ -20,26 +23,37 @@ from pathlib import Path
 import torch
 
 from fmlab.checkpoints.apple_format import save_model, to_apple
-from fmlab.checkpoints.assets import BASE_CONFIG, BASE_WEIGHTS, DRAFT_CONFIG, DRAFT_WEIGHTS, REPO_ASSETS, TOKENIZER
-from fmlab.data.chat_template import IGNORE, render_text
+from fmlab.checkpoints.assets import (
+    BASE_CONFIG,
+    BASE_WEIGHTS,
+    DRAFT_CONFIG,
+    DRAFT_WEIGHTS,
+    REPO_ASSETS,
+    TOKENIZER,
+    load_model,
+)
+from fmlab.checkpoints.run_dir import LAST
+from fmlab.data.chat_template import IGNORE
 from fmlab.data.dataset import DatasetStats, TokenizedDataset, TokenizedSample
 from fmlab.data.packing import Batches
-from fmlab.data.tokenizer import train_tokenizer
+from fmlab.data.tokenizer import Tokenizer, train_tokenizer
 from fmlab.data.validate import read_messages
+from fmlab.errors import FmlabError
 from fmlab.files import atomic_torch_save, atomic_write, file_sha
 from fmlab.infer.generate import generate
 from fmlab.infer.sampling import Sampling
 from fmlab.model.config import LoRAConfig, ModelConfig, to_tamm_json
 from fmlab.model.lora import is_lora_name
-from fmlab.model.precision import AUTO
+from fmlab.model.precision import AUTO, choose_precision, cpu_name, describe_choice
 from fmlab.model.transformer import build_model
-from fmlab.tiny.corpus import chat_samples, plain_texts, tokenizer_texts
+from fmlab.tiny.mix import SOURCES, documents, mix_tokenizer_texts, render, source_report
 from fmlab.tiny.plays import play_format_score
+from fmlab.tiny.wordnet import DEFAULT_DIR
 from fmlab.train.loop import TrainConfig, train
 from fmlab.train.losses import token_loss
 
 TINY_BASE = ModelConfig(
-    vocab_size=4096,
+    vocab_size=8192,
     hidden_dim=256,
     num_layers=8,
     num_kv_reuse_layers=2,
@@ -49,7 +63,7 @@ TINY_BASE = ModelConfig(
     lora=LoRAConfig(rank=16, alpha=64),
 )
 TINY_DRAFT = ModelConfig(
-    vocab_size=4096,
+    vocab_size=8192,
     hidden_dim=128,
     num_layers=2,
     num_kv_reuse_layers=0,
@@ -61,12 +75,29 @@ TINY_DRAFT = ModelConfig(
 )
 
 
+# What `train-adapter` / `train-draft` use on these assets when the user sets none: the adapter recipe
+# that scored best on the real-text task in a sweep (docs/real-text.md: 5e-4 to 1e-2; above 1e-3 the
+# adapter collapses onto one label), one more epoch than Apple's 2, whose 1e-3 is tuned for the 3B
+# base; the draft's is notebook 04's (distillation acceptance 0.74 on the play task).
+RECOMMENDED = {
+    "train_adapter": {"learning_rate": 1e-3, "epochs": 3, "batch_size": 4, "warmup_fraction": 0.05},
+    "train_draft": {"learning_rate": 3e-3, "epochs": 3, "batch_size": 8},
+}
+
+
 @dataclass
 class Recipe:
     seed: int = 0
-    vocab_pieces: int = 4000  # the model's vocab_size rounds this up, like Apple's padding
+    vocab_pieces: int = 8000  # the model's vocab_size rounds this up, like Apple's padding
     chat_samples: int = 32000
     plain_texts: int = 6000
+    json_chats: int = 2000
+    wordnet_text: float = 0.6  # fractions of WordNet's paragraphs and definition chats (fmlab.tiny.mix)
+    wordnet_chats: float = 0.12
+    tokenizer_wordnet_docs: int = 30000  # per WordNet source, for the tokenizer only
+    held_out_per_source: int = 64
+    score_prompts: int = 100  # play test prompts the base is scored on (it should score near 0)
+    compile: bool = False  # torch.compile: about 1.2x per step on CPU, but minutes of compiling up front
     max_len: int = 512
     batch_size: int = 8
     base_epochs: int = 1
@@ -84,26 +115,45 @@ def lm_sample(ids: list[int], where: str):
     return TokenizedSample(ids, ids[1:] + [IGNORE], where)
 
 
-def pretraining_data(tokenizer, recipe: Recipe):
-    samples = []
-    for i, messages in enumerate(chat_samples(recipe.chat_samples, recipe.seed)):
-        ids = [tokenizer.eos_id] + tokenizer.encode(render_text(messages))[1:]  # eos + template, no ▁
-        samples.append(lm_sample(ids[: recipe.max_len], f"chat:{i}"))
-    for i, text in enumerate(plain_texts(recipe.plain_texts, recipe.seed)):
-        samples.append(lm_sample(([tokenizer.eos_id] + tokenizer.encode(text))[: recipe.max_len], f"text:{i}"))
+def pretraining_data(tokenizer, recipe: Recipe, docs: dict[str, list]):
+    """Packed LM batches of every source's documents, shuffled together, and per source a held-out
+    set of its last `held_out_per_source` documents; also each source's token count (train part)."""
+    train_samples, held_out, tokens = [], {}, {}
+    for name, part in docs.items():
+        samples = []
+        for i, doc in enumerate(part):
+            ids = tokenizer.encode(render(name, doc))
+            if SOURCES[name].chat:
+                ids = ids[1:]  # the template starts with a special piece: drop the dummy-prefix ▁
+            samples.append(lm_sample(([tokenizer.eos_id] + ids)[: recipe.max_len], f"{name}:{i}"))
+        n = min(recipe.held_out_per_source, len(samples) // 10)
+        train_samples += samples[: len(samples) - n]
+        tokens[name] = sum(len(s.input_ids) for s in samples[: len(samples) - n])
+        if n:
+            held_out[name] = list(
+                Batches(_dataset(samples[-n:], tokenizer, recipe), recipe.batch_size, pack=True).epoch(0)
+            )
+    train = Batches(_dataset(train_samples, tokenizer, recipe), recipe.batch_size, pack=True, shuffle_seed=recipe.seed)
+    return train, held_out, tokens
 
-    def dataset(part):
-        report = DatasetStats(num_samples=len(part), num_with_system=0, turns={})
-        return TokenizedDataset(part, report, tokenizer.pad_id, tokenizer.eos_id, recipe.max_len)
 
-    held_out = Batches(dataset(samples[-256:]), recipe.batch_size, pack=True)
-    train = Batches(dataset(samples[:-256]), recipe.batch_size, pack=True, shuffle_seed=recipe.seed)
-    return train, list(held_out.epoch(0))
+def _dataset(samples, tokenizer, recipe: Recipe) -> TokenizedDataset:
+    report = DatasetStats(num_samples=len(samples), num_with_system=0, turns={})
+    return TokenizedDataset(samples, report, tokenizer.pad_id, tokenizer.eos_id, recipe.max_len)
 
 
 def pretrain(
-    config: ModelConfig, train_data, eval_data, epochs: int, lr: float, out: Path, seed: int, weight_decay: float = 0.01
+    config: ModelConfig,
+    train_data,
+    eval_data,
+    epochs: int,
+    lr: float,
+    out: Path,
+    seed: int,
+    weight_decay: float = 0.01,
+    compile_model: bool = False,
 ):
+    """Pretrain a fresh model, or continue the run in `out` from its last saved step."""
     model = build_model(config, seed=seed)
     for name, p in model.named_parameters():
         p.requires_grad_(not is_lora_name(name))  # the base's adapter stays untrained (B = 0)
@@ -117,11 +167,31 @@ def pretrain(
         keep_best=1,
         eval_every=None,
         seed=seed,
+        compile_model=compile_model,
     )
-    summary = train(model, token_loss, train_data, eval_data, cfg, out, save_weights=save_model)
+    resume = (out / LAST).is_file()
+    if resume:
+        print(f"   resuming from {out / LAST}", flush=True)
+    summary = train(
+        model, token_loss, train_data, eval_data, cfg, out, save_weights=save_model, resume=resume, save_every=200
+    )
     for p in model.parameters():  # back to fp32 for shipping
         p.data = p.data.float()
     return model, summary
+
+
+@torch.no_grad()
+def eval_losses(model, held_out: dict[str, list]) -> dict[str, float]:
+    """Mean token loss per source on its held-out batches (fp32)."""
+    model.eval()
+    out = {}
+    for name, batches in held_out.items():
+        total = count = 0.0
+        for batch in batches:
+            loss, n = token_loss(model, batch)
+            total, count = total + loss.item(), count + n.item()
+        out[name] = round(total / max(count, 1), 4)
+    return out
 
 
 @torch.no_grad()
@@ -172,74 +242,102 @@ def build_assets(
     recipe: Recipe | None = None,
     work: str | Path = "out/build-assets",
     data_dir: str | Path | None = None,
+    wordnet_dir: str | Path = DEFAULT_DIR,
 ) -> dict:
     recipe = recipe or Recipe()
     out, work = Path(out), Path(work)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_dir) if data_dir else REPO_ASSETS.parent / "data"
-    timings, t0 = {}, time.perf_counter()
+    stages = Stages(work, recipe)
+    t0 = time.perf_counter()
+    docs = documents(recipe, wordnet_dir)
     print("1/4 tokenizer", flush=True)
-    tokenizer = train_tokenizer(tokenizer_texts(recipe.seed), out / TOKENIZER, recipe.vocab_pieces, seed=recipe.seed)
+    if not stages.done("tokenizer"):
+        t = time.perf_counter()
+        train_tokenizer(mix_tokenizer_texts(recipe, docs), out / TOKENIZER, recipe.vocab_pieces, seed=recipe.seed)
+        stages.finish("tokenizer", seconds=time.perf_counter() - t, sha256=file_sha(out / TOKENIZER))
+    tokenizer = Tokenizer.from_file(out / TOKENIZER)
     if tokenizer.vocab_size > recipe.base.vocab_size:
         raise RuntimeError(f"tokenizer has {tokenizer.vocab_size} pieces > model vocab {recipe.base.vocab_size}")
-    timings["tokenizer_s"] = time.perf_counter() - t0
-    train_data, eval_data = pretraining_data(tokenizer, recipe)
-    print(f"2/4 base: {len(train_data)} batches of {recipe.batch_size}x{recipe.max_len}", flush=True)
-    t = time.perf_counter()
-    base, base_summary = pretrain(
-        recipe.base,
-        train_data,
-        eval_data,
-        recipe.base_epochs,
-        recipe.base_lr,
-        work / "base",
-        recipe.seed,
-        recipe.weight_decay,
-    )
-    calibrate_kv_ranges(base, eval_data[:4])
-    write_model_files(base, out, BASE_CONFIG, BASE_WEIGHTS)
-    timings["base_s"] = time.perf_counter() - t
-    print("3/4 draft", flush=True)
-    t = time.perf_counter()
-    draft, draft_summary = pretrain(
-        recipe.draft,
-        train_data,
-        eval_data,
-        recipe.draft_epochs,
-        recipe.draft_lr,
-        work / "draft",
-        recipe.seed + 1,
-        recipe.weight_decay,
-    )
-    write_model_files(draft, out, DRAFT_CONFIG, DRAFT_WEIGHTS)
-    timings["draft_s"] = time.perf_counter() - t
+    train_data, held_out, tokens = pretraining_data(tokenizer, recipe, docs)
+    eval_data = [b for batches in held_out.values() for b in batches]
+    print(f"   {sum(tokens.values()):,} training tokens: " + ", ".join(f"{k} {v:,}" for k, v in tokens.items()))
+    models = {}
+    for i, (role, config, epochs, lr, seed, files) in enumerate(
+        (
+            ("base", recipe.base, recipe.base_epochs, recipe.base_lr, recipe.seed, (BASE_CONFIG, BASE_WEIGHTS)),
+            (
+                "draft",
+                recipe.draft,
+                recipe.draft_epochs,
+                recipe.draft_lr,
+                recipe.seed + 1,
+                (DRAFT_CONFIG, DRAFT_WEIGHTS),
+            ),
+        ),
+        start=2,
+    ):
+        print(f"{i}/4 {role}: {len(train_data)} batches of {recipe.batch_size}x{recipe.max_len}", flush=True)
+        if stages.done(role):
+            models[role] = load_model(out / files[0], out / files[1])
+            continue
+        t = time.perf_counter()
+        model, _ = pretrain(
+            config, train_data, eval_data, epochs, lr, work / role, seed, recipe.weight_decay, recipe.compile
+        )
+        if role == "base":
+            calibrate_kv_ranges(model, eval_data[:4])
+        write_model_files(model, out, *files)
+        stages.finish(role, seconds=time.perf_counter() - t, eval_loss=eval_losses(model, held_out))
+        models[role] = model
     print("4/4 scoring the base on the play test split", flush=True)
     t = time.perf_counter()
-    score = base_play_score(base, tokenizer, data_dir / "test.jsonl")
-    timings["score_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t0
-    return write_manifest(out, recipe, timings, base_summary["eval_loss"], draft_summary["eval_loss"], score)
+    score = base_play_score(models["base"], tokenizer, data_dir / "test.jsonl", recipe.score_prompts)
+    stages.finish("score", seconds=time.perf_counter() - t, base_play_format_score=round(score, 4))
+    return write_manifest(out, recipe, stages.record, source_report(tokens, wordnet_dir), time.perf_counter() - t0)
 
 
-def write_manifest(
-    out: Path,
-    recipe: Recipe,
-    timings: dict,
-    base_eval_loss: float,
-    draft_eval_loss: float,
-    base_score: float,
-    threads: int | None = None,
-) -> dict:
-    """`manifest.json`: the recipe, the results, timings and a sha256 per file of the assets directory."""
+class Stages:
+    """`stages.json` in the work directory: what an earlier run of the same recipe already finished."""
+
+    def __init__(self, work: Path, recipe: Recipe):
+        self.path, self.recipe = work / "stages.json", json.loads(json.dumps(dataclasses.asdict(recipe)))
+        work.mkdir(parents=True, exist_ok=True)
+        self.record = {"recipe": self.recipe}
+        if self.path.is_file():
+            record = json.loads(self.path.read_text())
+            if record.get("recipe") != self.recipe:
+                raise FmlabError(
+                    f"{self.path}: an unfinished build of another recipe is in {work}; "
+                    "remove that folder or give another --work"
+                )
+            self.record = record
+
+    def done(self, stage: str) -> bool:
+        return stage in self.record
+
+    def finish(self, stage: str, **facts) -> None:
+        self.record[stage] = {k: round(v, 1) if k == "seconds" else v for k, v in facts.items()}
+        with atomic_write(self.path, "w") as f:
+            json.dump(self.record, f, indent=2)
+
+
+def write_manifest(out: Path, recipe: Recipe, stages: dict, sources: list[dict], total_s: float) -> dict:
+    """`manifest.json`: the recipe, its sources, the results, timings and a sha256 per file of the assets."""
+    seconds = {f"{k}_s": v["seconds"] for k, v in stages.items() if isinstance(v, dict) and "seconds" in v}
     manifest = {
         "name": "fmlab-tiny",
         "recipe": json.loads(json.dumps(dataclasses.asdict(recipe))),
+        "sources": sources,
+        "recommended": RECOMMENDED,
         "torch": torch.__version__,
-        "threads": threads or torch.get_num_threads(),
-        "base_eval_loss": base_eval_loss,
-        "draft_eval_loss": draft_eval_loss,
-        "base_play_format_score": round(base_score, 4),
-        "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "threads": torch.get_num_threads(),
+        "precision": describe_choice(choose_precision(AUTO)),
+        "cpu": cpu_name(),
+        "base_eval_loss": stages["base"]["eval_loss"],
+        "draft_eval_loss": stages["draft"]["eval_loss"],
+        "base_play_format_score": stages["score"]["base_play_format_score"],
+        "seconds": seconds | {"total_s": round(total_s, 1)},
         "files": {
             p.name: {"sha256": file_sha(p), "bytes": p.stat().st_size}
             for p in sorted(out.iterdir())

@@ -11,6 +11,7 @@ correct (see `fmlab.tiny.corpus_facts`), so a trained base can be checked with g
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Iterator
@@ -273,6 +274,43 @@ def chat_samples(n: int, seed: int = 0) -> list[list[dict]]:
                 messages += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
         out.append(messages)
     return out
+
+
+# --- JSON drills -----------------------------------------------------------------------------------
+# Apps ask for structured output (guided generation), and a tokenizer that never saw JSON spends an
+# untrained byte piece on every brace and quote. These teach JSON's punctuation and shapes on the
+# corpus's own facts; none of them has the play outline's fields, which stay the adapter's to learn.
+
+JSON_ASKS = ["Give me {what} as JSON.", "Answer in JSON: {what}.", "Write {what} as a JSON object."]
+
+
+def _json_exchange(rng: random.Random) -> tuple[str, str]:
+    kind = rng.randrange(3)
+    if kind == 0:
+        animal = rng.choice([a for a in FOODS if a in HOMES])
+        record = {"animal": animal, "eats": FOODS[animal], "home": HOMES[animal]}
+        if animal in LEGS:
+            record["legs"] = LEGS[animal]
+        what = f"the facts about {article(animal)}"
+    elif kind == 1:
+        country = rng.choice(list(CAPITALS))
+        record, what = {"country": country, "capital": CAPITALS[country]}, f"the capital of {country}"
+    else:
+        group = rng.choice(list(GROUPS))
+        items = rng.sample(GROUPS[group], rng.randint(2, 4))
+        record, what = {"group": group, "names": items, "count": len(items)}, f"{len(items)} {group}"
+    compact = rng.random() < 0.5
+    text = json.dumps(record, separators=(",", ":") if compact else None)
+    return rng.choice(JSON_ASKS).format(what=what), text
+
+
+def json_chats(n: int, seed: int = 0) -> list[list[dict]]:
+    """`n` one-turn chats whose answer is a JSON object built from the corpus's facts."""
+    rng = random.Random(f"fmlab.corpus.json:{seed}")
+    return [
+        [{"role": "user", "content": ask}, {"role": "assistant", "content": reply}]
+        for ask, reply in (_json_exchange(rng) for _ in range(n))
+    ]
 
 
 def _fact_paragraph(rng: random.Random) -> str:
