@@ -1,18 +1,21 @@
-"""The shipped embedded default (assets/): files match the manifest, configs build the AFM architecture,
-the base chats coherently but does not know plays, the draft is much cheaper."""
+"""The shipped embedded default (assets/): files match the manifest, which names every source with its
+licence, configs build the AFM architecture, the base chats coherently but does not know plays, the
+draft is much cheaper."""
 
 import json
 
 import pytest
 import torch
 
-from fmlab.checkpoints.assets import REPO_ASSETS, load_base, load_draft, load_tokenizer
+from fmlab.checkpoints.assets import REPO_ASSETS, load_base, load_draft, load_tokenizer, recommended
 from fmlab.files import file_sha
 from fmlab.infer.generate import generate
 from fmlab.infer.sampling import Sampling
 from fmlab.model.config import from_tamm_json
 from fmlab.model.transformer import count_parameters
+from fmlab.tiny.build import RECOMMENDED
 from fmlab.tiny.corpus import probe_prompts
+from fmlab.tiny.mix import SOURCES, WORDNET_LICENCE, WORDNET_NOTICE
 
 MANIFEST = json.loads((REPO_ASSETS / "manifest.json").read_text())
 
@@ -72,3 +75,19 @@ def test_draft_loads_and_runs():
     draft = load_draft()
     logits = draft(torch.tensor([[1, 5, 6]]))
     assert logits.shape[-1] == draft.config.vocab_size and torch.isfinite(logits).all()
+
+
+def test_manifest_names_every_source_with_its_licence_and_share():
+    sources = {s["name"]: s for s in MANIFEST["sources"]}
+    assert set(sources) == set(SOURCES)  # WordNet's real English and fmlab's synthetic text
+    assert sum(s["share"] for s in sources.values()) == pytest.approx(1.0, abs=1e-3)
+    for name, s in sources.items():
+        assert s["licence"] == SOURCES[name].licence and s["tokens"] > 0
+        if s["licence"] == WORDNET_LICENCE:  # the licence's one condition: its notice goes with every copy
+            assert s["notice"] == WORDNET_NOTICE and s["package"].startswith("wordnet-base")
+    assert sources["wordnet-text"]["share"] + sources["wordnet-chats"]["share"] > 0.3
+
+
+def test_recommended_settings_are_valid_and_the_builds():
+    for command in ("train_adapter", "train_draft"):
+        assert recommended(REPO_ASSETS, command) == RECOMMENDED[command]

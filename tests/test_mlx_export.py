@@ -68,7 +68,7 @@ def exported(tmp_path_factory):
 
 
 def test_fused_export_matches_fmlab_in_mlx_lm(exported):
-    from fmlab.export.mlx_verify import verify_mlx_dir
+    from fmlab.export.mlx_verify import FLIP_TOLERANCE, LOGIT_TOLERANCE, verify_mlx_dir
 
     d, model = exported
     record = json.loads((d / "tiny_mlx" / RECORD).read_text())
@@ -77,7 +77,8 @@ def test_fused_export_matches_fmlab_in_mlx_lm(exported):
     assert report.ok, report.text()
     n = report.numbers
     # int8 K/V: a value within fp32 noise of a rounding boundary may take the neighbouring bin
-    assert n["max_abs_dlogit"] < 1e-3 and n["argmax_agreement"] == 1.0 and n["greedy_identical"] == 1.0
+    tolerance = LOGIT_TOLERANCE if n["kv_int8_flips"] == 0 else FLIP_TOLERANCE
+    assert n["max_abs_dlogit"] < tolerance and n["argmax_agreement"] == 1.0 and n["greedy_identical"] == 1.0
     assert n["kv_int8_flips"] <= 1e-4 * n["kv_values"]
 
 
@@ -130,7 +131,7 @@ def test_unfused_subset_of_targets_on_an_uncalibrated_base(tmp_path):
     from fmlab.export.mlx_verify import verify_mlx_dir
 
     lora = LoRAConfig(rank=4, alpha=8, targets=("q", "v", "gate", "down"))
-    model = randomize_lora(build_model(preset("tiny", vocab_size=4096, lora=lora), seed=0), 0.05, seed=1).eval()
+    model = randomize_lora(build_model(preset("tiny", vocab_size=8192, lora=lora), seed=0), 0.05, seed=1).eval()
     tokenizer = load_tokenizer()
     quantised = with_kv_quant(model, tokenizer)  # all-zero ranges: calibrated here
     assert quantised is not model
@@ -179,7 +180,7 @@ def test_sharded_weights_load(tmp_path, exported):
 
 def test_what_afm7_cannot_express_is_refused():
     tokenizer = load_tokenizer()
-    cfg = ModelConfig(vocab_size=4096, hidden_dim=64, num_layers=2, num_kv_reuse_layers=0, num_heads=4)
+    cfg = ModelConfig(vocab_size=8192, hidden_dim=64, num_layers=2, num_kv_reuse_layers=0, num_heads=4)
     assert afm7_config(cfg, tokenizer, "float32")["rope_theta"] == 500000.0  # mlx-lm's default is 50000
     cfg.hidden_dim_scale_factor = 2.01  # tamm rounds 128.64 to 129, afm7 truncates to 128
     with pytest.raises(FmlabError, match="int"):

@@ -31,6 +31,10 @@ from fmlab.infer.sampling import Sampling
 from fmlab.model.transformer import Transformer
 
 LOGIT_TOLERANCE = 1e-3  # fp32; without K/V quantisation the two agree to ~1e-5
+# When a few int8 K/V values land in a neighbouring bin (a rounding tie that MLX and torch break
+# differently), each moves its value by one quantisation step and the logits by up to ~1e-2 (8e-3
+# measured on fmlab-tiny: 4 of 190,464 values); argmax and greedy output must still agree exactly.
+FLIP_TOLERANCE = 2e-2
 TEXTS = ["Hello world", "one\ntwo\n\nthree", "digits 0123456789, é ü 😀 中文", "tabs\tand  double  spaces "]
 
 
@@ -235,7 +239,9 @@ def verify_mlx_dir(
     n.update(max_abs_dlogit=worst, argmax_agreement=agree / positions, kv_int8_flips=flips, kv_values=total)
     detail = f"max |Δlogit| {worst:.2e} (fp32), argmax {agree}/{positions} positions"
     detail += f"; {flips} of {total:,} int8 K/V values in a neighbouring bin (rounding ties)"
-    report.add("logits", worst <= LOGIT_TOLERANCE and agree == positions, detail)
+    tolerance = LOGIT_TOLERANCE if flips == 0 else FLIP_TOLERANCE
+    detail += f"; tolerance {tolerance:g}"
+    report.add("logits", worst <= tolerance and agree == positions, detail)
 
     same, pad, eos = 0, tokenizer.pad_id, tokenizer.eos_id
     for prompt_ids in ids:
