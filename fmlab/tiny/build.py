@@ -49,7 +49,7 @@ from fmlab.model.transformer import build_model
 from fmlab.tiny.mix import SOURCES, documents, mix_tokenizer_texts, render, source_report
 from fmlab.tiny.plays import play_format_score
 from fmlab.tiny.wordnet import DEFAULT_DIR
-from fmlab.train.loop import TrainConfig, train
+from fmlab.train.loop import TrainConfig, evaluate, train
 from fmlab.train.losses import token_loss
 
 TINY_BASE = ModelConfig(
@@ -183,15 +183,8 @@ def pretrain(
 @torch.no_grad()
 def eval_losses(model, held_out: dict[str, list]) -> dict[str, float]:
     """Mean token loss per source on its held-out batches (fp32)."""
-    model.eval()
-    out = {}
-    for name, batches in held_out.items():
-        total = count = 0.0
-        for batch in batches:
-            loss, n = token_loss(model, batch)
-            total, count = total + loss.item(), count + n.item()
-        out[name] = round(total / max(count, 1), 4)
-    return out
+    f32 = TrainConfig(precision="f32")
+    return {name: round(evaluate(model, token_loss, batches, f32), 4) for name, batches in held_out.items()}
 
 
 @torch.no_grad()
@@ -294,7 +287,7 @@ def build_assets(
     t = time.perf_counter()
     score = base_play_score(models["base"], tokenizer, data_dir / "test.jsonl", recipe.score_prompts)
     stages.finish("score", seconds=time.perf_counter() - t, base_play_format_score=round(score, 4))
-    return write_manifest(out, recipe, stages.record, source_report(tokens, wordnet_dir), time.perf_counter() - t0)
+    return write_manifest(out, stages.record, source_report(tokens, wordnet_dir), time.perf_counter() - t0)
 
 
 class Stages:
@@ -322,12 +315,12 @@ class Stages:
             json.dump(self.record, f, indent=2)
 
 
-def write_manifest(out: Path, recipe: Recipe, stages: dict, sources: list[dict], total_s: float) -> dict:
+def write_manifest(out: Path, stages: dict, sources: list[dict], total_s: float) -> dict:
     """`manifest.json`: the recipe, its sources, the results, timings and a sha256 per file of the assets."""
     seconds = {f"{k}_s": v["seconds"] for k, v in stages.items() if isinstance(v, dict) and "seconds" in v}
     manifest = {
         "name": "fmlab-tiny",
-        "recipe": json.loads(json.dumps(dataclasses.asdict(recipe))),
+        "recipe": stages["recipe"],
         "sources": sources,
         "recommended": RECOMMENDED,
         "torch": torch.__version__,
