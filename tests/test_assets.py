@@ -88,6 +88,6 @@ def test_manifest_names_every_source_with_its_licence_and_share():
     assert sources["wordnet-text"]["share"] + sources["wordnet-chats"]["share"] > 0.3
 
 
-def test_recommended_settings_are_valid_and_the_builds():
+def test_the_shipped_recommendation_is_valid_and_is_the_builds_own():
     for command in ("train_adapter", "train_draft"):
         assert recommended(REPO_ASSETS, command) == RECOMMENDED[command]
