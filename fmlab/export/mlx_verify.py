@@ -4,8 +4,9 @@ the directory is loaded by mlx-lm's own loader and runs the same ids as fmlab.
 1. config.json has every field of the installed afm7's ModelArgs, and model.safetensors has exactly
    the parameters afm7 builds from it, shape for shape (a mismatch names the field or key);
 2. the tokenizer: `apply_chat_template` gives `encode_prompt`'s ids; plain text encodes as fmlab's;
-3. logits over the prompts: max |Δ| in fp32 and argmax agreement; how many quantised K/V values
-   landed in another int8 bin than fmlab's (values within fp32 noise of a rounding boundary);
+3. logits over the prompts: max |Δ| in fp32, the KL divergence between the two next-token
+   distributions, and argmax agreement; how many quantised K/V values landed in another int8 bin than
+   fmlab's (values within fp32 noise of a rounding boundary);
 4. greedy decoding of 32 tokens from each prompt gives the same tokens in both.
 
 Needs the `fmlab[mlx]` extra (`mlx[cpu]` runs on Linux x86-64 and macOS); mlx is imported inside
@@ -31,10 +32,13 @@ from fmlab.infer.sampling import Sampling
 from fmlab.model.transformer import Transformer
 
 LOGIT_TOLERANCE = 1e-3  # fp32; without K/V quantisation the two agree to ~1e-5
-# When a few int8 K/V values land in a neighbouring bin (a rounding tie that MLX and torch break
-# differently), each moves its value by one quantisation step and the logits by up to ~1e-2 (8e-3
-# measured on fmlab-tiny: 4 of 190,464 values); argmax and greedy output must still agree exactly.
-FLIP_TOLERANCE = 2e-2
+# When an int8 K/V value lands in a neighbouring bin (a rounding tie that MLX and torch break
+# differently) it moves by one quantisation step, and every later layer sees slightly other inputs, so
+# one tie in an early layer cascades: 1 flip in layer 1 became 1, 5, 16, 21, 45 flips in layers 1-5
+# and |Δlogit| 4e-2 on fmlab-tiny + a demo adapter, yet a mean KL of 1e-5 nats per position. With flips,
+# the check is therefore on the distributions: mean KL(fmlab || MLX) per position under this bound, and
+# argmax and greedy output identical.
+FLIP_KL_TOLERANCE = 1e-4
 TEXTS = ["Hello world", "one\ntwo\n\nthree", "digits 0123456789, é ü 😀 中文", "tabs\tand  double  spaces "]
 
 
@@ -183,6 +187,13 @@ def reference_model(model: Transformer, dtype: str, fused: bool) -> Transformer:
     return twin
 
 
+def kl_divergence(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """KL(softmax(ours) || softmax(theirs)) per position, in nats, for logits (T, V)."""
+    a = torch.log_softmax(torch.from_numpy(ours).double(), -1)
+    b = torch.log_softmax(torch.from_numpy(theirs).double(), -1)
+    return (a.exp() * (a - b)).sum(-1).numpy()
+
+
 def int8_flips(ours, theirs, scales) -> tuple[int, int]:
     """How many quantised K/V values sit in a different int8 bin in the two frameworks, of how many."""
     flips = total = 0
@@ -226,22 +237,26 @@ def verify_mlx_dir(
     for block in mlx_model.model.layers:
         attn = block.self_attn
         scales.append((float(attn.quant_key_scale.item()), float(attn.quant_value_scale.item())))
-    worst, agree, positions, flips, total = 0.0, 0, 0, 0, 0
+    worst, kl, agree, positions, flips, total = 0.0, 0.0, 0, 0, 0, 0
     for prompt_ids in ids:
         ours, our_kv = fmlab_logits_and_kv(reference, prompt_ids)
         theirs, their_kv = mlx_logits_and_kv(mlx_model, prompt_ids)
         worst = max(worst, float(np.abs(ours - theirs).max()))
+        kl += float(kl_divergence(ours, theirs).sum())
         agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
         positions += len(prompt_ids)
         f, n = int8_flips(our_kv, their_kv, scales)
         flips, total = flips + f, total + n
     n = report.numbers
-    n.update(max_abs_dlogit=worst, argmax_agreement=agree / positions, kv_int8_flips=flips, kv_values=total)
-    detail = f"max |Δlogit| {worst:.2e} (fp32), argmax {agree}/{positions} positions"
+    kl /= positions
+    n.update(max_abs_dlogit=worst, mean_kl=kl, argmax_agreement=agree / positions, kv_int8_flips=flips, kv_values=total)
+    detail = f"max |Δlogit| {worst:.2e}, mean KL {kl:.1e} nats (fp32), argmax {agree}/{positions} positions"
     detail += f"; {flips} of {total:,} int8 K/V values in a neighbouring bin (rounding ties)"
-    tolerance = LOGIT_TOLERANCE if flips == 0 else FLIP_TOLERANCE
-    detail += f"; tolerance {tolerance:g}"
-    report.add("logits", worst <= tolerance and agree == positions, detail)
+    if flips == 0:
+        close, bound = worst <= LOGIT_TOLERANCE, f"|Δlogit| ≤ {LOGIT_TOLERANCE:g}"
+    else:
+        close, bound = kl <= FLIP_KL_TOLERANCE, f"mean KL ≤ {FLIP_KL_TOLERANCE:g} (ties cascade through the layers)"
+    report.add("logits", close and agree == positions, f"{detail}; needs {bound}")
 
     same, pad, eos = 0, tokenizer.pad_id, tokenizer.eos_id
     for prompt_ids in ids:

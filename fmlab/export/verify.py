@@ -216,32 +216,39 @@ def _source(report: Report, manifest: dict, key: str, given) -> Path | None:
 
 
 @torch.no_grad()
-def _compare_logits(report: Report, model, src: dict, pkg: dict, vocab: int) -> None:
+def _compare_logits(report: Report, model, src: dict, pkg: dict, prompts: list[list[int]]) -> None:
+    """The model's logits over real chat prompts with the source adapter and with the package's. (Random
+    ids made this check flaky: on inputs that no text produces, a deep model amplifies the fp16 rounding
+    far more than on text, 0.28 against 0.10 on fmlab-tiny + a demo adapter.)"""
     params = dict(model.named_parameters())
-    ids = torch.randint(1, vocab, (2, 48), generator=torch.Generator().manual_seed(0))
 
-    def logits_with(state):
+    def logits_with(state, ids):
         for k, v in state.items():
             params[k].copy_(v)
-        return model(ids).float()
+        return model(torch.tensor([ids])).float()
 
-    base = logits_with({k: torch.zeros_like(v) for k, v in src.items() if is_lora_b(k)})
-    ref, got = logits_with(src), logits_with(pkg)
-    diff = float((ref - got).abs().max())
-    scale = float(ref.abs().max())
-    effect = float((ref - base).abs().max())
-    agree = float((ref.argmax(-1) == got.argmax(-1)).float().mean())
+    zero = {k: torch.zeros_like(v) for k, v in src.items() if is_lora_b(k)}
+    diff = scale = effect = 0.0
+    agree = positions = 0
+    for ids in prompts:
+        base, ref, got = logits_with(zero, ids), logits_with(src, ids), logits_with(pkg, ids)
+        diff = max(diff, float((ref - got).abs().max()))
+        scale = max(scale, float(ref.abs().max()))
+        effect = max(effect, float((ref - base).abs().max()))
+        agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
+        positions += len(ids)
+    agree = agree / max(positions, 1)
     # fp16 rounding of the LoRA weights (relative 2^-11 each), propagated through the model: it grows
     # with the logits' size and with how far the adapter moves them (a large LoRA scale amplifies it)
     tol = 4e-3 * max(scale, 1.0) + 1e-2 * effect
     report.add(
         "logits: package adapter vs source checkpoint",
         diff <= tol,
-        f"max |diff| {diff:.2e} (tolerance {tol:.1e}); the adapter itself moves logits by {effect:.2e}; "
-        f"greedy tokens agree {agree:.1%}",
+        f"max |diff| {diff:.2e} (tolerance {tol:.1e}) over {len(prompts)} prompts; the adapter itself moves "
+        f"logits by {effect:.2e}; greedy tokens agree {agree:.1%}",
     )
     report.numbers.update(logits_max_abs_diff=diff, adapter_effect=effect, greedy_agreement=agree)
-    logits_with(src)  # leave the source adapter in place for the draft checks
+    logits_with(src, prompts[0])  # leave the source adapter in place for the draft checks
 
 
 def _prompts(assets: Path, n: int, vocab: int) -> tuple[list[list[int]], set[int]]:
@@ -381,7 +388,7 @@ def verify_fmadapter(
         src = read_adapter(src_path, cfg)
         exact = all(torch.equal(pkg_state[k], src[k].half().float()) for k in src)
         report.add("adapter tensors == source rounded to fp16", exact)
-        _compare_logits(report, target, src, pkg_state, cfg.vocab_size)
+        _compare_logits(report, target, src, pkg_state, _prompts(assets, len(PROMPTS), cfg.vocab_size)[0])
     if (package / DRAFT_WEIGHTS).is_file() or find_extra(package, DRAFT_MLPACKAGE) is not None:
         _check_drafts(
             report,
