@@ -8,7 +8,7 @@ import torch
 
 from fmlab.cli import main
 from fmlab.data.chat_template import IGNORE
-from fmlab.data.dataset import tokenize_dataset
+from fmlab.data.dataset import DatasetStats, TokenizedDataset, TokenizedSample, tokenize_dataset
 from fmlab.data.packing import Batches, collate, concat, pack, packing_efficiency, segment_ids
 from fmlab.data.validate import DataError, DataWarning, Sample, read_messages
 
@@ -229,6 +229,27 @@ def test_cli_validate_data(tmp_path, tiny_tokenizer, capsys):
     err = capsys.readouterr().err
     assert f"{bad}:2: messages[1].role: user follows user" in err and "Traceback" not in err
     assert main(["validate-data", str(good), "--assets", str(tmp_path / "nope")]) == 1
+
+
+def test_batches_grouped_by_length_pad_less_and_keep_every_sample():
+    rng = random.Random(0)
+    lengths = [rng.randint(2, 60) for _ in range(203)]  # 203 = 25 batches of 8 + a short one
+    samples = [TokenizedSample([1] + [5] * (n - 1), [IGNORE] * n, f"s{i}") for i, n in enumerate(lengths)]
+    data = TokenizedDataset(samples, DatasetStats(len(samples), 0, {}), pad_id=0, eos_id=1)
+
+    def run(group, epoch, drop_last=False):
+        return list(Batches(data, 8, shuffle_seed=4, group_by_length=group, drop_last=drop_last).epoch(epoch))
+
+    plain, grouped = run(False, 0), run(True, 0)
+    assert sum(b["input_ids"].numel() for b in grouped) < 0.7 * sum(b["input_ids"].numel() for b in plain)
+    # every sample once, the short batch last, the same order for the same epoch, another for the next
+    sizes = [len(b["input_ids"]) for b in grouped]
+    assert sizes == [8] * 25 + [3] and sum(int((b["segment_ids"] > 0).sum()) for b in grouped) == sum(lengths)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(grouped, run(True, 0)))
+    assert [b["input_ids"].shape[1] for b in run(True, 1)] != [b["input_ids"].shape[1] for b in grouped]
+    assert [len(b["input_ids"]) for b in run(True, 0, drop_last=True)] == [8] * 25
+    # fixed-width rows are not grouped: there is no padding to save
+    assert Batches(data, 8, fixed=True, max_len=64, group_by_length=True).group_by_length is False
 
 
 def test_batches_truncate_samples_before_packing(tiny_tokenizer):

@@ -7,7 +7,8 @@
   `segment_ids = 1 + cumsum(input_ids == eos)`, 0 on pads. Every sample starts with `</s>`, so the
   samples of a packed row get segments 2, 3, ...; the model turns them into per-sample positions and a
   document mask.
-- `Batches`: the rows of a dataset (packed or not) in a seeded order, epoch after epoch.
+- `Batches`: the rows of a dataset (packed or not) in a seeded order, epoch after epoch; unpacked rows
+  can be grouped by length so that a batch pads little (`group_by_length`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from fmlab.data.chat_template import IGNORE
 
 STRATEGIES = ("best-fit", "greedy")
+GROUP_BATCHES = 50  # `group_by_length`: rows are sorted by length within groups of this many batches
 
 
 def _length(item) -> int:
@@ -140,6 +142,11 @@ class Batches:
     each `epoch(n)` shuffles their order with `random.Random(shuffle_seed + n)` (no shuffle when the seed
     is None). `len()` is the number of batches per epoch.
 
+    group_by_length (unpacked rows): the shuffled rows are cut into groups of `GROUP_BATCHES` batches,
+    each group is sorted by length and cut into batches, and the batches are shuffled again. A batch
+    then holds rows of similar length, so padding (21% of the toy set's unpacked batches of 8) nearly
+    vanishes while every epoch still sees the rows in a new order, as transformers' `group_by_length`.
+
         for batch in Batches(dataset, batch_size=4, pack=True, shuffle_seed=0).epoch(e): ...
     """
 
@@ -153,6 +160,7 @@ class Batches:
         shuffle_seed: int | None = None,
         drop_last: bool = False,
         max_len: int | None = None,
+        group_by_length: bool = False,
     ):
         self.max_len = max_len or dataset.max_len
         if (pack or fixed) and not self.max_len:
@@ -160,6 +168,7 @@ class Batches:
         self.pad_id, self.eos_id = dataset.pad_id, dataset.eos_id
         self.batch_size, self.shuffle_seed, self.drop_last = batch_size, shuffle_seed, drop_last
         self.fixed_len = self.max_len if (pack or fixed) else None
+        self.group_by_length = group_by_length and self.fixed_len is None  # fixed-width rows need no grouping
         # Truncate first, so that a row never carries more than max_len tokens into collate's cut.
         pairs = [_pair(s) for s in dataset.samples]
         if self.max_len and any(len(ids) > self.max_len for ids, _ in pairs):
@@ -180,12 +189,29 @@ class Batches:
         return full + (1 if rest and not self.drop_last else 0)
 
     def epoch(self, n: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        rng = random.Random(self.shuffle_seed + n) if self.shuffle_seed is not None else None
         order = list(range(len(self.rows)))
-        if self.shuffle_seed is not None:
-            random.Random(self.shuffle_seed + n).shuffle(order)
+        if rng is not None:
+            rng.shuffle(order)
+        order = order[: len(self) * self.batch_size]  # without the short last batch under drop_last
+        if self.group_by_length:
+            order = self._grouped(order, rng)
         for b in range(len(self)):
             rows = [self.rows[i] for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
             yield collate(rows, self.pad_id, self.eos_id, fixed_len=self.fixed_len)
+
+    def _grouped(self, order: list[int], rng: random.Random | None) -> list[int]:
+        """`order` with each group of rows sorted longest first and its full batches then shuffled by
+        `rng`; a short last batch stays last, so that cutting the result every `batch_size` keeps it."""
+        size = GROUP_BATCHES * self.batch_size
+        ranked = []
+        for g in range(0, len(order), size):
+            ranked += sorted(order[g : g + size], key=lambda i: -len(self.rows[i][0]))
+        full = len(ranked) // self.batch_size * self.batch_size
+        batches = [ranked[b : b + self.batch_size] for b in range(0, full, self.batch_size)]
+        if rng is not None:
+            rng.shuffle(batches)
+        return [i for batch in batches for i in batch] + ranked[full:]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self.epoch(0)

@@ -26,6 +26,8 @@ class DataConfig:
     pack_sequences: bool = False
     fixed_sized_sequences: bool = False
     reject_long: bool = False
+    # unpacked rows batched with rows of similar length (fmlab.data.packing.Batches): less padding
+    group_by_length: bool = False
     # `--response-schema`: a response_format dict (fmlab.data.schema) put on every sample's last user
     # message that has none, as the toolkit's SchemaAugmenter does; the labels stay the assistant's
     response_format: dict | None = None
@@ -54,6 +56,7 @@ def load_batches(tokenizer, path, data: DataConfig, batch_size: int, seed: int |
         fixed=data.fixed_sized_sequences,
         shuffle_seed=seed,
         max_len=data.max_sequence_length,
+        group_by_length=data.group_by_length,
     )
 
 

@@ -154,17 +154,21 @@ def score_drafts(
     ids = encode_prompts(tokenizer, prompts)
     stop = stop_ids(tokenizer)
     manager = CheckpointManager(checkpoint_dir, "draft-model", save_model)
-    names = [c["path"] for c in manager.manifest["checkpoints"]]
-    if manager.manifest["final"]:
-        names.append(manager.manifest["final"]["path"])
-    candidates = ([("start", None)] if include_start else []) + [(n, Path(checkpoint_dir) / n) for n in names]
+    entries = manager.manifest["checkpoints"] + ([manager.manifest["final"]] if manager.manifest["final"] else [])
+    candidates = [("start", None, None)] if include_start else []
+    candidates += [(c["path"], Path(checkpoint_dir) / c["path"], c.get("sha256")) for c in entries]
     plain = None
-    results = []
-    for name, path in candidates:
-        draft = load_draft(assets, checkpoint=path, device=next(teacher.parameters()).device)
-        m = measure_acceptance(teacher, draft, ids, num_draft_tokens, max_new_tokens, stop=stop, plain_seconds=plain)
-        plain = m["plain_seconds"]
-        results.append({"draft": name, **{key: m[key] for key in SCORES}})
+    results, measured = [], {}  # sha256 -> scores: the final draft is often the last epoch's, byte for byte
+    for name, path, sha in candidates:
+        if sha is None or sha not in measured:
+            draft = load_draft(assets, checkpoint=path, device=next(teacher.parameters()).device)
+            m = measure_acceptance(
+                teacher, draft, ids, num_draft_tokens, max_new_tokens, stop=stop, plain_seconds=plain
+            )
+            plain = m["plain_seconds"]
+            measured[sha] = {key: m[key] for key in SCORES}
+        m = measured[sha]
+        results.append({"draft": name, **m})
         if path is not None:
             manager.annotate(name, acceptance_rate=m["acceptance_rate"], speedup=m["speedup"])
     saved = [r for r in results if r["draft"] != "start"]
