@@ -31,4 +31,4 @@ def test_a_missing_run_is_trained_into_the_fallback(tmp_path, monkeypatch):
     assert len(train.read_text().splitlines()) == nr.SMOKE_SAMPLES["train"]
     assert len(valid.read_text().splitlines()) == nr.SMOKE_SAMPLES["valid"]
     full = nr.adapter_config(smoke=False)
-    assert (full.epochs, full.learning_rate, full.batch_size, full.precision) == (7, 3e-3, 8, "auto")
+    assert (full.epochs, full.learning_rate, full.batch_size, full.precision) == (4, 3e-3, 8, "auto")

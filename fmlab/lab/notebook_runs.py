@@ -15,23 +15,23 @@ from fmlab.train.loop import TrainConfig
 SMOKE_SAMPLES = {"train": 4, "valid": 2}  # a standalone SMOKE adapter: one optimizer step
 
 
-def smoke_subset(path: str | Path, out_dir: str | Path, n: int) -> Path:
-    """The first `n` lines (samples) of the JSONL file `path`, written to `out_dir/smoke_<name>.jsonl`."""
+def smoke_subset(path: str | Path, out_dir: str | Path, n: int, prefix: str = "smoke") -> Path:
+    """The first `n` lines (samples) of the JSONL file `path`, written to `out_dir/<prefix>_<name>.jsonl`."""
 
     path, out_dir = Path(path), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    subset = out_dir / f"smoke_{path.stem}.jsonl"
+    subset = out_dir / f"{prefix}_{path.stem}.jsonl"
     subset.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:n]), encoding="utf-8")
     return subset
 
 
 def adapter_config(smoke: bool = False) -> TrainConfig:
-    """Notebook 02's adapter recipe (7 epochs, lr 3e-3, batch 8, at the `auto` precision); with `smoke`,
+    """Notebook 02's adapter recipe (4 epochs, lr 3e-3, batch 8, at the `auto` precision); with `smoke`,
     one epoch (a SMOKE run only checks the plumbing)."""
 
     if smoke:
         return TrainConfig(epochs=1, learning_rate=3e-3, batch_size=4)
-    return TrainConfig(epochs=7, learning_rate=3e-3, batch_size=8, eval_every=100)
+    return TrainConfig(epochs=4, learning_rate=3e-3, batch_size=8, eval_every=100)
 
 
 def adapter_run(
@@ -57,5 +57,7 @@ def adapter_run(
         train = smoke_subset(train, fallback, SMOKE_SAMPLES["train"])
         valid = smoke_subset(valid, fallback, SMOKE_SAMPLES["valid"])
     print(f"{run} holds no adapter run (notebook 02 has not run): training one into {fallback}")
-    train_adapter(train, fallback, valid, config=adapter_config(smoke), data=DataConfig(), assets=assets)
+    train_adapter(
+        train, fallback, valid, config=adapter_config(smoke), data=DataConfig(group_by_length=True), assets=assets
+    )
     return fallback
