@@ -101,7 +101,7 @@ def export(assets, out, name="tiny_adapter", **kw):
 
 
 def test_report_draft_table():
-    from fmlab.export.verify import Report
+    from fmlab.export.report import Report
 
     report = Report(package=None)
     assert report.draft_table().empty

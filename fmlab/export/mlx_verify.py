@@ -26,7 +26,7 @@ from safetensors import safe_open
 from fmlab.data.chat_template import encode_prompt
 from fmlab.errors import FmlabError
 from fmlab.export.mlx_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTERS, CONFIG, DTYPES, MODEL_TYPE
-from fmlab.export.verify import PROMPTS, Report
+from fmlab.export.report import PROMPTS, Report
 from fmlab.infer.generate import generate_ids
 from fmlab.infer.sampling import Sampling
 from fmlab.model.transformer import Transformer

@@ -14,7 +14,6 @@ apple/ml-ane-transformers habit: an export is checked against the PyTorch model,
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -45,6 +44,7 @@ from fmlab.export.package import (
     read_adapter_weights,
 )
 from fmlab.export.quant4 import relative_error
+from fmlab.export.report import PROMPTS, Report
 from fmlab.infer.acceptance import measure_acceptance
 from fmlab.infer.generate import encode_prompts, stop_ids
 from fmlab.model.config import from_tamm_json
@@ -53,73 +53,6 @@ from fmlab.model.transformer import build_model
 
 TOOLKIT_FILES = {METADATA, ADAPTER_WEIGHTS, DRAFT_MIL, DRAFT_WEIGHTS}
 FMLAB_FILES = {MANIFEST, DRAFT_MLPACKAGE}
-PROMPTS = [
-    "Write a short scene where a king meets a ghost.",
-    "What is the capital of France?",
-    "Tell me a story about a dragon.",
-    "Give me three tips for sleeping well.",
-]
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool | None  # None = skipped
-    detail: str = ""
-
-
-@dataclass
-class Report:
-    package: Path
-    checks: list[Check] = field(default_factory=list)
-    numbers: dict = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok is not False for c in self.checks)
-
-    def add(self, name: str, ok: bool | None, detail: str = "") -> bool | None:
-        self.checks.append(Check(name, ok, detail))
-        return ok
-
-    def draft_table(self):
-        """One row per draft the report measured (the full-precision source first, then each 4-bit
-        variant): acceptance, its drop against full precision, and the mean and max relative error."""
-        import pandas as pd
-
-        n = self.numbers
-        rows = []
-        if "acceptance_fp" in n:
-            rows.append(
-                {
-                    "draft": "full precision (fp32)",
-                    "acceptance": n["acceptance_fp"],
-                    "drop": 0.0,
-                    "mean relative error": 0.0,
-                    "max relative error": 0.0,
-                }
-            )
-        for name, v in n.items():
-            if isinstance(v, dict) and "acceptance" in v:
-                rows.append(
-                    {
-                        "draft": name,
-                        "acceptance": v["acceptance"],
-                        "drop": v["acceptance_drop"],
-                        "mean relative error": v["mean_relative_error"],
-                        "max relative error": v["max_relative_error"],
-                    }
-                )
-        columns = ["draft", "acceptance", "drop", "mean relative error", "max relative error"]
-        return pd.DataFrame(rows, columns=columns).set_index("draft")
-
-    def text(self) -> str:
-        mark = {True: "PASS", False: "FAIL", None: "SKIP"}
-        lines = [f"{self.package}:"] + [
-            f"  {mark[c.ok]}  {c.name}" + (f": {c.detail}" if c.detail else "") for c in self.checks
-        ]
-        lines.append("  => " + ("all checks passed" if self.ok else "FAILED"))
-        return "\n".join(lines)
 
 
 def _check_manifest(report: Report, package: Path) -> dict:
@@ -222,21 +155,21 @@ def _compare_logits(report: Report, model, src: dict, pkg: dict, prompts: list[l
     far more than on text, 0.28 against 0.10 on fmlab-tiny + a demo adapter.)"""
     params = dict(model.named_parameters())
 
-    def logits_with(state, ids):
+    def logits_with(state) -> list[torch.Tensor]:  # one weight copy per state, then every prompt
         for k, v in state.items():
             params[k].copy_(v)
-        return model(torch.tensor([ids])).float()
+        return [model(torch.tensor([ids])).float() for ids in prompts]
 
-    zero = {k: torch.zeros_like(v) for k, v in src.items() if is_lora_b(k)}
+    base = logits_with({k: torch.zeros_like(v) for k, v in src.items() if is_lora_b(k)})
+    pkg_logits, ref_logits = logits_with(pkg), logits_with(src)  # the source adapter stays in place
     diff = scale = effect = 0.0
     agree = positions = 0
-    for ids in prompts:
-        base, ref, got = logits_with(zero, ids), logits_with(src, ids), logits_with(pkg, ids)
+    for b, ref, got in zip(base, ref_logits, pkg_logits):
         diff = max(diff, float((ref - got).abs().max()))
         scale = max(scale, float(ref.abs().max()))
-        effect = max(effect, float((ref - base).abs().max()))
+        effect = max(effect, float((ref - b).abs().max()))
         agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
-        positions += len(ids)
+        positions += ref.shape[1]
     agree = agree / max(positions, 1)
     # fp16 rounding of the LoRA weights (relative 2^-11 each), propagated through the model: it grows
     # with the logits' size and with how far the adapter moves them (a large LoRA scale amplifies it)
@@ -248,7 +181,6 @@ def _compare_logits(report: Report, model, src: dict, pkg: dict, prompts: list[l
         f"logits by {effect:.2e}; greedy tokens agree {agree:.1%}",
     )
     report.numbers.update(logits_max_abs_diff=diff, adapter_effect=effect, greedy_agreement=agree)
-    logits_with(src, prompts[0])  # leave the source adapter in place for the draft checks
 
 
 def _prompts(assets: Path, n: int, vocab: int) -> tuple[list[list[int]], set[int]]:
