@@ -112,3 +112,34 @@ def test_speculative_sampling_matches_target_distribution():
     empirical = counts / n
     tv = 0.5 * (empirical - joint_target).abs().sum()
     assert tv < 0.06, f"total variation {tv:.3f}"  # sampling noise at n=2000 is about 0.02
+
+
+PADDED = 8  # vocabulary rows past a tokenizer's pieces, as the embedded base pads 8,000 pieces to 8,192
+PROMPT = [1, 5, 9, 33, 7]
+
+
+@pytest.fixture
+def padding_favoured(tiny_model):
+    """A model whose padded vocabulary rows beat every real token after the test prompt, as an adapter can
+    make them (a greedy f32 demo once picked one and the tokenizer could not decode it)."""
+    model = sharp(tiny_model)
+    with torch.no_grad():
+        h = model(torch.tensor([PROMPT]), return_hidden=True)[0, -1]
+        best = model.logits(h).max()
+        model.embedding.weight[-PADDED:] = 2 * best.abs() * h / h.square().sum()
+    return model
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, Sampling(temperature=1.0, top_k=None)], ids=["greedy", "sampled"])
+def test_padded_vocabulary_rows_are_never_generated(padding_favoured, draft, sampling):
+    vocab = padding_favoured.config.vocab_size
+    real = vocab - PADDED
+    assert generate_ids(padding_favoured, [PROMPT], set(), 6, GREEDY)[0][0][0] >= real  # the test bites
+    out = generate_ids(padding_favoured, [PROMPT], set(), 12, sampling, vocab_limit=real)[0][0]
+    spec, _ = speculative_generate(padding_favoured, draft, PROMPT, set(), 12, 3, sampling, "f32", vocab_limit=real)
+    assert max(out + spec) < real
+    if sampling.greedy:  # the masked argmax of the full forward, token by token
+        ids = list(PROMPT)
+        for _ in range(12):
+            ids.append(int(padding_favoured(torch.tensor([ids]))[0, -1, :real].argmax()))
+        assert out == spec == ids[len(PROMPT) :]

@@ -234,6 +234,7 @@ def cmd_generate(args):
                 sampling=sampling,
                 precision=precision,
                 time_plain=False,
+                vocab_limit=len(tokenizer),
             )
         for (label, ids), out, stats in zip(prompts, spec["outputs"], spec["per_prompt"]):
             stats = dict(stats)

@@ -156,7 +156,9 @@ def _decode(model, tokenizer, ids, max_new_tokens, sampling, batch_size, precisi
     stop = stop_ids(tokenizer)
     for i in order:
         start = time.perf_counter()
-        new, stats = speculative_generate(model, draft, ids[i], stop, max_new_tokens, k, sampling, precision)
+        new, stats = speculative_generate(
+            model, draft, ids[i], stop, max_new_tokens, k, sampling, precision, vocab_limit=len(tokenizer)
+        )
         out[i] = {
             "text": tokenizer.decode([t for t in new if t not in stop]),
             "tokens": len(new),

@@ -22,21 +22,30 @@ GREEDY = Sampling(temperature=0.0)
 COUNTS = ("proposed", "accepted", "rounds", "new_tokens")
 
 
-def _plain(target, prompts, stop, max_new_tokens, sampling, precision, compile_model) -> list[list[int]]:
+def _plain(target, prompts, stop, max_new_tokens, sampling, precision, compile_model, vocab) -> list[list[int]]:
     outputs = []
     for p in prompts:
         ids, _, _ = generate_ids(
-            target, [p], stop, max_new_tokens, sampling, precision=precision, compile_model=compile_model
+            target,
+            [p],
+            stop,
+            max_new_tokens,
+            sampling,
+            precision=precision,
+            compile_model=compile_model,
+            vocab_limit=vocab,
         )
         outputs.append(ids[0])
     return outputs
 
 
-def _speculative(target, draft, prompts, stop, k, max_new_tokens, sampling, precision, compile_model):
+def _speculative(target, draft, prompts, stop, k, max_new_tokens, sampling, precision, compile_model, vocab):
     outputs, runs = [], []
     for p in prompts:
         start = time.perf_counter()
-        out, stats = speculative_generate(target, draft, p, stop, max_new_tokens, k, sampling, precision, compile_model)
+        out, stats = speculative_generate(
+            target, draft, p, stop, max_new_tokens, k, sampling, precision, compile_model, vocab_limit=vocab
+        )
         runs.append({**stats, "latency_s": time.perf_counter() - start})
         outputs.append(out)
     return outputs, runs
@@ -64,6 +73,7 @@ def sweep_k(
     repeats: int = 1,
     warmup: int = 0,
     cost_ratio: float | None = None,
+    vocab_limit: int | None = None,
 ) -> list[dict]:
     """`measure_acceptance` for every k in `ks`, all timed against the same plain decoding (one plain run
     per round, then one speculative run per k). With `cost_ratio` c (the draft's time per token over the
@@ -76,14 +86,14 @@ def sweep_k(
     for r in range(warmup + max(repeats, 1)):
         if time_plain:
             plain_out, seconds = _timed(
-                lambda: _plain(target, prompts, stop, max_new_tokens, sampling, precision, compile_model)
+                lambda: _plain(target, prompts, stop, max_new_tokens, sampling, precision, compile_model, vocab_limit)
             )
             if r >= warmup:
                 plain_times.append(seconds)
         for k in ks:
             last[k], seconds = _timed(
                 lambda k=k: _speculative(
-                    target, draft, prompts, stop, k, max_new_tokens, sampling, precision, compile_model
+                    target, draft, prompts, stop, k, max_new_tokens, sampling, precision, compile_model, vocab_limit
                 )
             )
             if r >= warmup:
@@ -129,6 +139,7 @@ def measure_acceptance(
     plain_seconds: float | None = None,
     repeats: int = 1,
     warmup: int = 0,
+    vocab_limit: int | None = None,
 ) -> dict:
     """Speculative decoding of `prompts` (token ids) with `draft` proposing `k` tokens per round for
     `target`, against plain decoding of the same prompts. Returns
@@ -141,7 +152,8 @@ def measure_acceptance(
 
     `stop`: stop token ids; `sampling`: default greedy; `repeats`, `warmup`: timing rounds;
     `plain_seconds`: a plain time measured before (plain decoding is not run again, `identical` is None);
-    `time_plain=False`: no plain decoding at all (`speedup`, `plain_seconds` and `identical` are None).
+    `time_plain=False`: no plain decoding at all (`speedup`, `plain_seconds` and `identical` are None);
+    `vocab_limit`: the tokenizer's piece count, past which the models' padded rows are never chosen.
     """
     return sweep_k(
         target,
@@ -157,6 +169,7 @@ def measure_acceptance(
         plain_seconds=plain_seconds,
         repeats=repeats,
         warmup=warmup,
+        vocab_limit=vocab_limit,
     )[0]
 
 

@@ -99,6 +99,12 @@ def decode_one(model, token: torch.Tensor, cache, compiled: bool = False) -> tor
     return extend(model, token[:, None], cache, compiled)[:, -1]
 
 
+def real_tokens(logits: torch.Tensor, vocab_limit: int | None) -> torch.Tensor:
+    """Logits over the tokenizer's pieces only. A model's vocabulary is padded past them (Apple's to 153,600
+    rows, fmlab's to 8,192) and a padded row is no token: the tokenizer cannot decode it."""
+    return logits if vocab_limit is None else logits[..., :vocab_limit]
+
+
 def check_context(model, prompt_len: int, max_new_tokens: int):
     limit = model.config.context_length
     if prompt_len + max_new_tokens > limit:
@@ -123,9 +129,11 @@ def generate_ids(
     on_token: Callable[[int, int], None] | None = None,
     compile_model: bool = False,
     constraint: Grammar | None = None,
+    vocab_limit: int | None = None,
 ):
     """Token-level generation for a batch of prompt ids. Returns (new ids per row, finish reasons, ttft).
-    With `constraint` every row's reply matches the grammar (`fmlab.infer.constrained`), then stops."""
+    With `constraint` every row's reply matches the grammar (`fmlab.infer.constrained`), then stops.
+    `vocab_limit` (the tokenizer's piece count) keeps the model's padded vocabulary rows unchosen."""
     sampling = sampling or Sampling()
     model, compiled = unwrap_compiled(model, compile_model)
     device = model.embedding.weight.device
@@ -137,11 +145,12 @@ def generate_ids(
     out = [[] for _ in prompts]
     done = [False] * len(prompts)
     matchers = [constraint.matcher() for _ in prompts] if constraint is not None else None
-    mask = TokenMask(constraint, len(prompts), model.config.vocab_size) if constraint is not None else None
+    vocab = vocab_limit or model.config.vocab_size
+    mask = TokenMask(constraint, len(prompts), vocab) if constraint is not None else None
     start = time.perf_counter()
     ttft = None
     with autocast(precision, device), frozen_adapters(model):
-        logits = prefill(model, ids.to(device), seg.to(device), cache)
+        logits = real_tokens(prefill(model, ids.to(device), seg.to(device), cache), vocab_limit)
         for _ in range(max_new_tokens):
             if matchers is not None:  # only the grammar's allowed tokens, before any sampling transform
                 for i, m in enumerate(matchers):
@@ -159,7 +168,7 @@ def generate_ids(
                         on_token(i, t)
             if all(done):
                 break
-            logits = decode_one(model, nxt, cache, compiled)
+            logits = real_tokens(decode_one(model, nxt, cache, compiled), vocab_limit)
     reasons = ["stop" if row and row[-1] in stop else "length" for row in out]
     return out, reasons, ttft or 0.0
 
@@ -218,6 +227,7 @@ def generate(
             on_token=on_token if stream else None,
             compile_model=compile_model,
             constraint=constraint,
+            vocab_limit=len(tokenizer),
         )
         latency = time.perf_counter() - start
         for ids, prompt, reason in zip(out, chunk, reasons):

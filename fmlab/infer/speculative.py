@@ -24,6 +24,7 @@ from fmlab.infer.generate import (
     decode_one,
     extend,
     new_cache,
+    real_tokens,
     unwrap_compiled,
 )
 from fmlab.infer.sampling import Sampling, probabilities
@@ -43,6 +44,7 @@ def speculative_generate(
     precision: str = AUTO,
     compile_model: bool = False,
     constraint: Grammar | None = None,
+    vocab_limit: int | None = None,
 ) -> tuple[list[int], dict]:
     """Generate for one prompt; returns (new token ids, acceptance statistics). `compile_model` compiles
     both models' decode steps (as `generate` does): the draft's one-token step and the target's
@@ -51,7 +53,8 @@ def speculative_generate(
     A round costs k draft steps plus one target forward, so the draft's cost per token against the
     target's decides the speedup: drafted tokens stay tensors between draft steps and are read back
     once per round, and at T=0 no distribution is materialised (argmax of the logits only).
-    With `constraint` the output matches the grammar: exactly constrained `generate`'s at T=0."""
+    With `constraint` the output matches the grammar: exactly constrained `generate`'s at T=0.
+    `vocab_limit` (the tokenizer's piece count) keeps both models' padded vocabulary rows unchosen."""
     s = sampling or Sampling()
     k = max(1, num_draft_tokens)
     target, compiled = unwrap_compiled(target, compile_model)
@@ -65,11 +68,13 @@ def speculative_generate(
     d_cache = new_cache(draft, 1, size, precision, compiled)
 
     def run(model, ids, cache):  # logits (1, T, V) for ids (1, T) appended to the cache
-        return model(ids, cache=cache) if cache.end == 0 else extend(model, ids, cache, compiled)
+        logits = model(ids, cache=cache) if cache.end == 0 else extend(model, ids, cache, compiled)
+        return real_tokens(logits, vocab_limit)
 
     matcher = constraint.matcher() if constraint is not None else None
     # row i: the tokens allowed after d_1..d_i; the draft step and the target's check use the same rows
-    mask = TokenMask(constraint, k + 1, target.config.vocab_size) if constraint is not None else None
+    vocab = vocab_limit or target.config.vocab_size
+    mask = TokenMask(constraint, k + 1, vocab) if constraint is not None else None
 
     def constrain(logits, row: int, consumed: int, all_rows: bool = False):  # after a drafted stop: stops only
         mask.fill(row, matcher) if consumed == row else mask.fill_stop(row)
@@ -99,7 +104,7 @@ def speculative_generate(
                     matcher.advance(int(tokens[-1]))
                     consumed += 1
                 if i < k - 1:
-                    d_logits = decode_one(draft, tokens[-1], d_cache, compiled)
+                    d_logits = real_tokens(decode_one(draft, tokens[-1], d_cache, compiled), vocab_limit)
             block = torch.cat([t_todo, torch.cat(tokens)[None]], dim=1)
             drafted = block[0, -k:].tolist()  # the round's one read-back
             # 2. target scores pending + drafts in one forward: k + 1 distributions

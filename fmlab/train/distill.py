@@ -43,6 +43,7 @@ class DistillLoss:
         stop: set[int] | None = None,
         seed: int = 0,
         cache=None,
+        vocab_limit: int | None = None,
     ):
         if divergence not in DIVERGENCES:
             raise FmlabError(f"unknown divergence {divergence!r}; choose from {', '.join(DIVERGENCES)}")
@@ -56,6 +57,7 @@ class DistillLoss:
         self.teacher = teacher.eval().requires_grad_(False)
         self.divergence, self.temperature, self.beta = DIVERGENCES[divergence], temperature, beta
         self.on_policy, self.stop, self.rng = on_policy, stop or set(), random.Random(seed)
+        self.vocab_limit = vocab_limit  # the tokenizer's pieces: rollouts never sample a padded row
         device = next(teacher.parameters()).device
         self.teacher_precision = resolve_precision(teacher_precision, device)
         self.cache = cache  # a teacher_cache.TeacherTopK: the teacher's top-k per document
@@ -74,7 +76,8 @@ class DistillLoss:
     def __call__(self, student, batch):
         rollout = self.on_policy and student.training and self.rng.random() < self.on_policy
         if rollout:
-            batch = student_rollouts(unwrap(student), batch, self.stop, seed=self.rng.randrange(2**31))
+            seed = self.rng.randrange(2**31)
+            batch = student_rollouts(unwrap(student), batch, self.stop, seed=seed, vocab_limit=self.vocab_limit)
         mask = target_mask(batch["label_ids"])
         documents = self.cache.documents(batch, mask) if self.cache is not None and not rollout else None
         cached = self.cache.lookup(documents, mask.device) if documents is not None else None
@@ -91,7 +94,9 @@ class DistillLoss:
         return self.divergence(student_logits, teacher_logits, self.beta).sum(), mask.sum()
 
 
-def student_rollouts(student, batch, stop: set[int], seed: int = 0, temperature: float = 1.0):
+def student_rollouts(
+    student, batch, stop: set[int], seed: int = 0, temperature: float = 1.0, vocab_limit: int | None = None
+):
     """Replace each row's assistant reply with the student's own sampled continuation of its prompt
     (same length budget); the new tokens become the targets. Rows must hold one sample each."""
 
@@ -107,6 +112,7 @@ def student_rollouts(student, batch, stop: set[int], seed: int = 0, temperature:
             stop,
             max_new_tokens=len(targets),
             sampling=Sampling(temperature=temperature, top_k=None, seed=seed + i),
+            vocab_limit=vocab_limit,
         )
         new = out[0]
         rows.append((prompt + new, [IGNORE] * (len(prompt) - 1) + new + [IGNORE]))

@@ -92,6 +92,7 @@ def train_draft(
         stop=stop_ids(tokenizer),
         seed=config.seed,
         cache=cache,
+        vocab_limit=len(tokenizer),
     )
     if teacher_replies:
         replies = Path(checkpoint_dir) / "teacher-replies.jsonl"
@@ -163,7 +164,14 @@ def score_drafts(
         if sha is None or sha not in measured:
             draft = load_draft(assets, checkpoint=path, device=next(teacher.parameters()).device)
             m = measure_acceptance(
-                teacher, draft, ids, num_draft_tokens, max_new_tokens, stop=stop, plain_seconds=plain
+                teacher,
+                draft,
+                ids,
+                num_draft_tokens,
+                max_new_tokens,
+                stop=stop,
+                plain_seconds=plain,
+                vocab_limit=len(tokenizer),
             )
             plain = m["plain_seconds"]
             measured[sha] = {key: m[key] for key in SCORES}
