@@ -39,7 +39,7 @@ def test_live_loss_plot_writes_a_png_headless_without_blocking(tmp_path):
     plot = LiveLossPlot(path=tmp_path / "run" / "loss.png", title="adapter", png_interval_s=3600)
     assert plot.live is False  # pytest is no kernel
     renders, render = [], plot.render
-    plot.render = lambda: renders.append(1) or render()
+    plot.render = lambda **kw: renders.append(1) or render(**kw)
     for row in synthetic_rows():
         plot.on_step(row)
         if row["step"] % 20 == 0:
@@ -72,7 +72,44 @@ def test_live_loss_plot_title_has_the_eta_then_the_time_taken():
     assert LiveLossPlot().total_steps is None  # without epochs: no total, no ETA
 
 
+class Clock:
+    """Stands in for the loss plot's `time`: only `tick` moves it."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        return self.now
+
+    def tick(self, seconds):
+        self.now += seconds
+
+
+def test_live_loss_plot_keeps_drawing_under_its_share_of_the_run(monkeypatch, tmp_path):
+    clock = Clock()
+    monkeypatch.setattr("fmlab.lab.loss_plot.time", clock)
+    plot = LiveLossPlot(path=tmp_path / "loss.png", live=False, png_interval_s=0, max_share=0.05)
+    renders, render = [], plot.render
+
+    def slow_render(**kw):  # a render that costs 1 s of the clock
+        renders.append(kw)
+        clock.tick(1.0)
+        return render(**kw)
+
+    plot.render = slow_render
+    for row in synthetic_rows(400):  # 0.1 s per step: 40 s of training
+        clock.tick(0.1)
+        plot.on_step(row)
+    drawn = len(renders)
+    # the first step, then one render (1 s) per 20 s of the run: 5% of the wall time
+    assert drawn == 3 and (drawn - 1) / clock.now <= 0.05
+    assert renders[0] == {"final_layout": True} and {"final_layout": False} in renders
+    plot.on_end({})
+    assert renders[-1] == {"final_layout": True}  # the end is always drawn, laid out afresh
+
+
 def test_live_loss_plot_updates_one_display_in_a_kernel(monkeypatch):
+    monkeypatch.setattr("fmlab.lab.loss_plot.time", Clock())  # renders take no time: no spacing
     shown = []
 
     class Handle:

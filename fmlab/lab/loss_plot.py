@@ -103,6 +103,8 @@ class LiveLossPlot:
     """Training callback (`train(..., callbacks=[LiveLossPlot(...)])`): loss, eval loss, LR and tokens/s
     against the step. In a kernel it updates one displayed image at most every `interval_s` seconds;
     everywhere it writes `path` (if given) at the end and every `png_interval_s` seconds on the way.
+    Drawing runs on the training thread, so both intervals stretch to keep it under `max_share` of the
+    wall time (a render of three panels costs a few tenths of a second on a slow CPU).
     With `epochs` (the run's `TrainConfig.epochs`) the title shows step / total and the time left, from
     the pace since the first step it saw (so a resumed run's ETA is right too); at the end, the time taken.
     Rendering uses matplotlib's Agg canvas directly, so no pyplot state or GUI backend is touched."""
@@ -116,6 +118,7 @@ class LiveLossPlot:
         png_interval_s: float = 15.0,
         figsize=(13, 3.4),
         epochs: int | None = None,
+        max_share: float = 0.05,
     ):
         self.path = Path(path) if path else None
         self.title, self.epochs = title, epochs
@@ -123,6 +126,7 @@ class LiveLossPlot:
         self.finished_s: float | None = None
         self.live = resolve_live(live)
         self.interval_s, self.png_interval_s, self.figsize = interval_s, png_interval_s, figsize
+        self.max_share, self._render_s = max_share, 0.0
         self.steps: list[dict] = []
         self.evals: list[dict] = []
         self.handle = None
@@ -139,9 +143,11 @@ class LiveLossPlot:
             self._axes = self._fig.subplots(1, 3)
         return self._fig
 
-    def render(self) -> bytes:
-        """The current plot as PNG bytes."""
+    def render(self, final_layout: bool = True) -> bytes:
+        """The current plot as PNG bytes. `final_layout=False` keeps the panel positions of the last
+        laid-out render: the constrained layout is half the cost of a render."""
         fig = self._figure()
+        fig.set_layout_engine("constrained" if final_layout else "none")
         status = _status(self.steps, self.evals, self.total_steps, self.eta_s())
         if self.finished_s is not None:
             status += f" · took {_clock(self.finished_s)}"
@@ -160,11 +166,13 @@ class LiveLossPlot:
 
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()
-        show = self.live and (force or now - self._last_show >= self.interval_s)
-        write = self.path is not None and (force or now - self._last_png >= self.png_interval_s)
+        spacing = self._render_s / self.max_share  # the gap that keeps drawing under max_share
+        show = self.live and (force or now - self._last_show >= max(self.interval_s, spacing))
+        write = self.path is not None and (force or now - self._last_png >= max(self.png_interval_s, spacing))
         if not (show or write):
             return
-        png = self.render()
+        png = self.render(final_layout=force or self._render_s == 0.0)
+        self._render_s = time.monotonic() - now
         if show:
             from IPython.display import Image, display
 
