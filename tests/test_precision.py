@@ -44,6 +44,23 @@ def test_the_probe_runs_once_per_process(monkeypatch):
         precision.probe.cache_clear()
 
 
+def test_the_probe_times_one_thread_and_restores_the_count(monkeypatch):
+    threads = []
+    monkeypatch.setattr(
+        precision, "matmul_gflops", lambda device, dtype, **kw: threads.append(torch.get_num_threads()) or 1.0
+    )
+    monkeypatch.delenv(precision.ENV, raising=False)
+    precision.probe.cache_clear()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert "on one cpu thread" in precision.probe("cpu").reason
+        assert set(threads) == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+        precision.probe.cache_clear()
+
+
 def test_explicit_wins_then_environment_then_probe(monkeypatch):
     monkeypatch.setenv(precision.ENV, "bf16-mixed")
     assert resolve_precision("f32") == "f32"

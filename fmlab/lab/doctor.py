@@ -94,7 +94,7 @@ def check_devices() -> list[Check]:
 
     cpu = probe("cpu")
     auto = choose_precision(AUTO, "cpu")
-    speeds = f"matmul f32 {cpu.f32_gflops:.1f} GFLOP/s, bf16 {cpu.bf16_gflops:.1f} GFLOP/s"
+    speeds = f"matmul on one thread: f32 {cpu.f32_gflops:.1f} GFLOP/s, bf16 {cpu.bf16_gflops:.1f} GFLOP/s"
     slow = cpu.precision == "f32"  # the probe found bf16 slower than f32
     rows = [
         Check(

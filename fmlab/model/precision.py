@@ -106,13 +106,20 @@ def probe(device_type: str) -> PrecisionChoice:
         if bf16_supported(device):
             return PrecisionChoice("bf16-mixed", f"{torch.cuda.get_device_name(device)} supports bf16")
         return PrecisionChoice("f32", f"{torch.cuda.get_device_name(device)} has no bf16")
-    # alternating rounds, the best of each: a burst of load on a shared machine then slows one
-    # round of each dtype, never the f32 measurement alone (which once made `auto` pick a 40x slower bf16)
-    f32 = bf16 = 0.0
-    for _ in range(PROBE_ROUNDS):
-        f32 = max(f32, matmul_gflops(device, torch.float32, budget_s=0.01))
-        bf16 = max(bf16, matmul_gflops(device, torch.bfloat16, budget_s=0.01))
-    rates = f"bf16 matmul {bf16:.1f} GFLOP/s vs f32 {f32:.1f} GFLOP/s on this {device.type}"
+    # Alternating rounds, the best of each: a burst of load on a shared machine then slows one round of
+    # each dtype, never the f32 measurement alone (which once made `auto` pick a 40x slower bf16). One
+    # thread: whether bf16 is native is a property of a core, and a multi-threaded product on a busy
+    # machine waits for its slowest thread (an AVX2 EPYC measured f32 at 0.5 GFLOP/s beside a test run).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        f32 = bf16 = 0.0
+        for _ in range(PROBE_ROUNDS):
+            f32 = max(f32, matmul_gflops(device, torch.float32, budget_s=0.01))
+            bf16 = max(bf16, matmul_gflops(device, torch.bfloat16, budget_s=0.01))
+    finally:
+        torch.set_num_threads(threads)
+    rates = f"bf16 matmul {bf16:.1f} GFLOP/s vs f32 {f32:.1f} GFLOP/s on one {device.type} thread"
     if bf16 >= f32:
         return PrecisionChoice("bf16-mixed", rates, f32, bf16)
     return PrecisionChoice("f32", rates, f32, bf16)
