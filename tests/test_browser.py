@@ -37,7 +37,7 @@ class Pace:  # a few tenths of a second per step, so the browser sees every redr
     def on_step(self, row):
         time.sleep(0.3)
 
-plot = LiveLossPlot(path=OUT / "loss.png", title="browser test", interval_s=0, epochs=2)
+plot = LiveLossPlot(path=OUT / "loss.png", title="browser test", interval_s=0, max_share=0.5, epochs=2)
 config = TrainConfig(epochs=2, batch_size=2, learning_rate=3e-3, precision="f32")
 summary = train_adapter({train!r}, OUT, {valid!r}, config=config, data=DataConfig(), assets=ASSETS, callbacks=[plot, Pace()])
 """
