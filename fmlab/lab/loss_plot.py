@@ -171,7 +171,7 @@ class LiveLossPlot:
         write = self.path is not None and (force or now - self._last_png >= max(self.png_interval_s, spacing))
         if not (show or write):
             return
-        png = self.render(final_layout=force or self._render_s == 0.0)
+        png = self.render(final_layout=force or self._fig is None)  # a first draw is always laid out
         self._render_s = time.monotonic() - now
         if show:
             from IPython.display import Image, display

@@ -119,7 +119,8 @@ def probe(device_type: str) -> PrecisionChoice:
             bf16 = max(bf16, matmul_gflops(device, torch.bfloat16, budget_s=0.01))
     finally:
         torch.set_num_threads(threads)
-    rates = f"bf16 matmul {bf16:.1f} GFLOP/s vs f32 {f32:.1f} GFLOP/s on one {device.type} thread"
+    where = "one cpu thread" if device.type == "cpu" else f"this {device.type}"
+    rates = f"bf16 matmul {bf16:.1f} GFLOP/s vs f32 {f32:.1f} GFLOP/s on {where}"
     if bf16 >= f32:
         return PrecisionChoice("bf16-mixed", rates, f32, bf16)
     return PrecisionChoice("f32", rates, f32, bf16)
