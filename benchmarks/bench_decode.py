@@ -159,10 +159,12 @@ def speculative_speedup(
     }
 
 
-def run(tokens=128, prompt=64, repeats=5, compiled=True, adapter=None, draft_checkpoint=None) -> dict:
+def run(
+    tokens=128, prompt=64, repeats=5, compiled=True, adapter=None, draft_checkpoint=None, dtypes=tuple(DTYPES)
+) -> dict:
     modes = (False, True) if compiled else (False,)
     result = {"machine": machine(), "decode": [], "draft_cost": [], "speculative": []}
-    for dtype in DTYPES:
+    for dtype in dtypes:
         start = time.perf_counter()
         r = decode_vs_transformers(tokens, prompt, repeats, dtype, compiled)
         result["decode"].append(r)

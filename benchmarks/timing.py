@@ -11,15 +11,14 @@ import torch
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}"
+    """The CPU (with its native-bf16 flags), threads, torch and Python: the header of every report."""
+    from fmlab.model.precision import cpu_name
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    return (
+        f"{cpu_name()}, torch CPU capability {capability}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, Python {platform.python_version()}"
+    )
 
 
 def interleaved(fns: dict, repeats: int = 5, warmup: int = 2) -> dict[str, float]:
