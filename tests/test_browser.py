@@ -33,9 +33,9 @@ from fmlab.train.loop import TrainConfig
 ASSETS, OUT = {assets!r}, Path({out!r})
 """
 TRAIN = """\
-class Pace:  # a few tenths of a second per step, so the browser sees every redraw
-    def on_step(self, row):
-        time.sleep(0.3)
+class Pace:  # each step waits out the plot's spacing (twice its last render at max_share=0.5) and 0.3 s more,
+    def on_step(self, row):  # so every step redraws, however slow rendering is, and the browser sees each
+        time.sleep(0.3 + 2 * plot._render_s)
 
 plot = LiveLossPlot(path=OUT / "loss.png", title="browser test", interval_s=0, max_share=0.5, epochs=2)
 config = TrainConfig(epochs=2, batch_size=2, learning_rate=3e-3, precision="f32")
