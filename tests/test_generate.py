@@ -52,6 +52,25 @@ def test_left_padded_batch_equals_one_by_one(target):
         assert row == generate_ids(target, [p], stop=set(), max_new_tokens=6, sampling=GREEDY)[0][0]
 
 
+def test_batch_drops_finished_rows_and_still_equals_one_by_one(target, monkeypatch):
+    from fmlab.model.kv_cache import KVCache
+
+    prompts = [[1, 5 + i, 9, 3 * i + 2] for i in range(8)]
+    free = [full_forward_greedy(target, p, 12) for p in prompts]
+    stop = {free[0][1], free[1][3], free[2][5]}  # rows end at different steps, some at the length limit
+    kept, keep_rows = [], KVCache.keep_rows
+    monkeypatch.setattr(KVCache, "keep_rows", lambda self, rows: kept.append(len(rows)) or keep_rows(self, rows))
+    streamed = {}
+    batch, reasons, _ = generate_ids(
+        target, prompts, stop, 12, GREEDY, on_token=lambda i, t: streamed.setdefault(i, []).append(t)
+    )
+    assert kept and kept[-1] < len(prompts)  # the batch shrank on the way
+    for p, row, reason in zip(prompts, batch, reasons):
+        alone, why, _ = generate_ids(target, [p], stop, 12, GREEDY)
+        assert row == alone[0] and reason == why[0]
+    assert streamed == dict(enumerate(batch))  # callbacks name each row's prompt, before and after
+
+
 def test_context_overflow_is_a_clear_error(target):
     with pytest.raises(FmlabError, match="exceeds the model's context"):
         generate_ids(target, [[1] * 10], stop=set(), max_new_tokens=target.config.context_length)

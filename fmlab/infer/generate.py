@@ -89,7 +89,7 @@ def prefill(model, ids: torch.Tensor, seg: torch.Tensor | None, cache) -> torch.
 
 def extend(model, ids: torch.Tensor, cache, compiled: bool = False) -> torch.Tensor:
     """Append ids (B, T) to a filled cache (a decoded token, a speculative block); logits (B, T, V)."""
-    positions, mask, slots = cache.advance(None, ids.shape[1])
+    positions, mask, slots = cache.advance(None, ids.shape[1], static=compiled)
     step = compiled_step() if compiled else type(model).step
     return step(model, ids, model.rope(positions, cache.max_len), mask, cache, slots)
 
@@ -147,6 +147,10 @@ def generate_ids(
     matchers = [constraint.matcher() for _ in prompts] if constraint is not None else None
     vocab = vocab_limit or model.config.vocab_size
     mask = TokenMask(constraint, len(prompts), vocab) if constraint is not None else None
+    rows = list(range(len(prompts)))  # the prompt each batch row decodes
+    # greedy, eager, unconstrained decoding drops finished rows: the compiled step has one batch shape,
+    # a grammar mask one row per prompt, and sampling draws from one generator across the whole batch
+    compact = sampling.greedy and not compiled and constraint is None
     start = time.perf_counter()
     ttft = None
     with autocast(precision, device), frozen_adapters(model):
@@ -158,7 +162,7 @@ def generate_ids(
                 logits = mask.apply(logits)
             nxt = sample(logits, sampling, gen)
             ttft = ttft if ttft is not None else time.perf_counter() - start
-            for i, t in enumerate(nxt.tolist()):
+            for i, t in zip(rows, nxt.tolist()):
                 if not done[i]:
                     out[i].append(t)
                     done[i] = t in stop
@@ -168,6 +172,13 @@ def generate_ids(
                         on_token(i, t)
             if all(done):
                 break
+            if compact and sum(not done[i] for i in rows) <= 3 * len(rows) // 4:
+                # a quarter of the batch has stopped: drop those rows instead of decoding them to the end
+                keep = [j for j, i in enumerate(rows) if not done[i]]
+                rows = [rows[j] for j in keep]
+                keep = torch.tensor(keep, device=device)
+                cache.keep_rows(keep)
+                nxt = nxt.index_select(0, keep)
             logits = real_tokens(decode_one(model, nxt, cache, compiled), vocab_limit)
     reasons = ["stop" if row and row[-1] in stop else "length" for row in out]
     return out, reasons, ttft or 0.0

@@ -5,10 +5,11 @@ slots [start, end). Rolling back (rejected speculative tokens) only moves `end`;
 masked out and overwritten later, nothing is copied. KV-reuse layers keep no cache of their own:
 they read the last regular layer's buffer.
 
-The prefill attends over the prompt's slots only (plain causal when no row is padded). Every later
-call (decode, a speculative block) attends over *all* slots with a mask that hides the future and
-the unused ones, so its shapes never change from one token to the next: `torch.compile` captures
-the decode step once instead of recompiling for every cache length.
+The prefill attends over the prompt's slots only (plain causal when no row is padded). A later call
+(decode, a speculative block) attends over the slots filled so far, masking the future. A compiled
+step attends over *all* slots instead, with the unused ones masked too, so its shapes never change
+from one token to the next: `torch.compile` captures the decode step once instead of recompiling for
+every cache length.
 """
 
 from __future__ import annotations
@@ -49,17 +50,20 @@ class KVCache:
         self.slot = torch.arange(max_len, device=device)
         self.max_len = max_len
         self.start = self.end = 0
+        self.span = max_len  # the slots a later call attends over
         self.padded = False
 
-    def advance(self, segment_ids: torch.Tensor | None, T: int):
+    def advance(self, segment_ids: torch.Tensor | None, T: int, static: bool = False):
         """Reserve slots for T new tokens; return their (positions (B, T), mask, slots).
 
         The first call (prefill) gets `slots` as a slice and attends over those slots only; later
-        calls get `slots` as a tensor and a mask over all `max_len` slots (static shapes)."""
+        calls get `slots` as a tensor and a mask over the filled slots, or with `static` (a compiled
+        step) over all `max_len` slots, so that the shapes never change."""
         start, end = self.end, self.end + T
         if end > self.max_len:
             raise ValueError(f"KV cache full: {end} tokens > {self.max_len} slots")
         self.start, self.end = start, end
+        self.span = self.max_len if static else end
         if start == 0:
             seg = (
                 segment_ids
@@ -75,17 +79,17 @@ class KVCache:
         positions = self.next_pos[:, None] + self.slot[:T]  # (B, T)
         self.next_pos = self.next_pos + T
         slots = self.slot[start:end]
-        mask = self.slot <= slots[:, None]  # (T, S): no future slot, no stale one past `end`
+        mask = self.slot[: self.span] <= slots[:, None]  # (T, S): no future slot, no stale one past `end`
         if not self.padded:
             return positions, mask, slots
         seg = self.seg[:, start - 1 : start]  # continuing the last document of each row
         self.seg[:, start:end] = seg
-        mask = mask & (self.seg[:, None, :] == seg[:, :, None])  # (B, T, S)
+        mask = mask & (self.seg[:, None, : self.span] == seg[:, :, None])  # (B, T, S)
         return positions, mask[:, None], slots  # (B, 1, T, S)
 
     def store(self, layer: int, slots, k: torch.Tensor, v: torch.Tensor):
         """Write this step's K/V (B, KV, T, hd) for `layer` at `slots`; return what to attend over:
-        the prompt's slots for a prefill (slice), else the whole buffers (B, KV, max_len, hd)."""
+        the prompt's slots for a prefill (slice), else the buffers' first `span` slots (B, KV, S, hd)."""
         k_all, v_all = self.k[layer], self.v[layer]
         if isinstance(slots, slice):
             k_all[:, :, slots] = k
@@ -93,7 +97,15 @@ class KVCache:
             return k_all[:, :, : slots.stop], v_all[:, :, : slots.stop]
         k_all.index_copy_(2, slots, k)
         v_all.index_copy_(2, slots, v)
-        return k_all, v_all
+        if self.span == self.max_len:
+            return k_all, v_all
+        return k_all[:, :, : self.span], v_all[:, :, : self.span]
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (indices, in order): a batch drops the rows that have finished."""
+        self.k = [k.index_select(0, rows) for k in self.k]
+        self.v = [v.index_select(0, rows) for v in self.v]
+        self.seg, self.next_pos = self.seg.index_select(0, rows), self.next_pos.index_select(0, rows)
 
     def rollback(self, end: int) -> None:
         """Forget every slot from `end` on (e.g. rejected draft tokens)."""
