@@ -172,9 +172,9 @@ def generate_ids(
                         on_token(i, t)
             if all(done):
                 break
-            if compact and sum(not done[i] for i in rows) <= 3 * len(rows) // 4:
+            keep = [j for j, i in enumerate(rows) if not done[i]]
+            if compact and len(keep) <= 3 * len(rows) // 4:
                 # a quarter of the batch has stopped: drop those rows instead of decoding them to the end
-                keep = [j for j, i in enumerate(rows) if not done[i]]
                 rows = [rows[j] for j in keep]
                 keep = torch.tensor(keep, device=device)
                 cache.keep_rows(keep)

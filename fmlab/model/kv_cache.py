@@ -97,8 +97,6 @@ class KVCache:
             return k_all[:, :, : slots.stop], v_all[:, :, : slots.stop]
         k_all.index_copy_(2, slots, k)
         v_all.index_copy_(2, slots, v)
-        if self.span == self.max_len:
-            return k_all, v_all
         return k_all[:, :, : self.span], v_all[:, :, : self.span]
 
     def keep_rows(self, rows: torch.Tensor) -> None:
