@@ -216,3 +216,41 @@ def test_report_escapes_every_text(result):
     page = flips_html(flips)
     assert "Say &lt;b&gt;hello&lt;/b&gt; &amp; bye" in page and "&lt;script&gt;" in page
     assert "<b>hello" not in page and "<script>" not in page
+
+
+def test_the_bag_of_words_baseline_answers_the_task_split_only(lm, tiny_tokenizer, tmp_path):
+    # "castle" always goes with king and "play" with queen: words alone predict the answer
+    train = [
+        [{"role": "user", "content": f"Who is in the {place} {n}?"}, {"role": "assistant", "content": answer}]
+        for n in range(6)
+        for place, answer in (("castle", "king"), ("play", "queen"))
+    ]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in train))
+    test = [
+        [{"role": "user", "content": f"Who is in the {p}?"}, {"role": "assistant", "content": a}]
+        for p, a in (("castle", "king"), ("play", "queen"))
+    ] * 2
+    out = evaluate(
+        {}, test, "label", ood=OOD, ood_metrics="exact", base_model=lm, tokenizer=tiny_tokenizer,
+        max_new_tokens=4, resamples=200, progress=False, baseline_train=path,
+    )  # fmt: skip
+    task = out.summary[out.summary["split"] == "task"].set_index("model")
+    assert list(task.index) == ["base", "bag-of-words"] and task.loc["bag-of-words", "mean"] == 1.0
+    assert set(out.summary[out.summary["split"] == "ood"]["model"]) == {"base"}
+    assert out.labels["bag-of-words"]["confusion"].loc["king", "king"] == 2
+    assert "bag-of-words" not in set(out.flips["model"])
+    assert out.info["models"]["bag-of-words"]["train_samples"] == 12
+
+
+def test_the_baseline_refuses_a_file_that_is_not_a_labelled_task(tmp_path):
+    from fmlab.errors import FmlabError
+
+    path = tmp_path / "free.jsonl"
+    rows = [
+        [{"role": "user", "content": f"Tell story {i}"}, {"role": "assistant", "content": f"Story {i}."}]
+        for i in range(6)
+    ]
+    path.write_text("".join(json.dumps(s) + "\n" for s in rows))
+    with pytest.raises(FmlabError, match=r"free\.jsonl.*6 distinct answers"):
+        evaluate({}, rows, "exact", baseline_train=path, progress=False)

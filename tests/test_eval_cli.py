@@ -3,6 +3,7 @@
 disjoint), and training telemetry: TensorBoard and MLflow get the steps, callbacks get an ETA."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -70,14 +71,17 @@ def test_train_then_eval_end_to_end(tmp_path, tiny_tokenizer, capsys):
         str(ood_file),
         "--out",
         str(out),
+        "--baseline-train",
+        str(train_file),
         "-q",
     ]
     assert main(argv + flags + ["-m", "4"]) == 0
     printed = capsys.readouterr().out
     assert "task · label (n = 6)" in printed and "ood · exact (n = 1)" in printed and "drop" in printed
+    assert re.search(r"bag-of-words\s+1\.000", printed)  # the castle / play words predict the answer
     assert "loaded the base once" in printed
     data = json.loads((out / "eval.json").read_text())
-    assert list(data["info"]["models"]) == ["base", "adapter-epoch1", "adapter-epoch2 (= final)"]
+    assert list(data["info"]["models"]) == ["base", "adapter-epoch1", "adapter-epoch2 (= final)", "bag-of-words"]
     assert {r["split"] for r in data["summary"]} == {"task", "ood"}
     assert data["info"]["decoding"]["max_new_tokens"] == {"task": 4, "ood": 4}
     assert (out / "report.html").read_text().count("<h3>") >= 2

@@ -58,6 +58,12 @@ def add_eval(sub):
         help="also score an out-of-domain chat JSONL and report each checkpoint's drop from the base; "
         "--ood alone: fmlab-tiny's general-skills probes",
     )
+    p.add_argument(
+        "--baseline-train",
+        metavar="FILE",
+        help="a labelled task's training JSONL: also score a bag-of-words classifier (TF-IDF + logistic "
+        "regression) fitted on it, the floor an adapter should clear",
+    )
     p.add_argument("--ood-metric", dest="ood_metrics", action="append", help="metric(s) for --ood (default auto)")
     p.add_argument("-o", "--out", default="eval", help="folder for eval.json and report.html (default: ./eval)")
     p.add_argument("--limit", type=int, help="only the first N samples (of --data and of --ood)")
@@ -166,6 +172,7 @@ def cmd_eval(args):
         seed=args.seed,
         device=device,
         progress=not args.quiet,
+        baseline_train=args.baseline_train,
     )
     print_summary(result)
     paths = result.write(args.out)

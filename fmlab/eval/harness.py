@@ -23,6 +23,7 @@ from pathlib import Path
 from fmlab.checkpoints.assets import load_base, load_draft, load_tokenizer
 from fmlab.checkpoints.run_dir import BASE, resolve_adapter, resolve_draft
 from fmlab.errors import FmlabError
+from fmlab.eval.baseline import BASELINE, BagOfWords
 from fmlab.eval.labels import confusion_matrix, label_report
 from fmlab.eval.registry import build_metrics
 from fmlab.eval.runner import OOD, TASK, auto_max_new_tokens, eval_set, expand_models, ood_set, run_models
@@ -36,6 +37,7 @@ from fmlab.eval.stats import (
     resample_indices,
 )
 from fmlab.files import file_sha
+from fmlab.infer.compare import prompt_text
 from fmlab.infer.sampling import Sampling
 from fmlab.model.precision import AUTO, resolve_device
 
@@ -158,7 +160,8 @@ def score_replies(replies, sets, metrics, threshold: float = THRESHOLD):
 
 
 def summarise(scores, models: list[str], level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0):
-    """One row per (split, metric, model); paired columns are NaN for the base."""
+    """One row per (split, metric, model) of the models that answered that split; paired columns are NaN
+    for the base."""
     import pandas as pd
 
     rows = []
@@ -166,7 +169,7 @@ def summarise(scores, models: list[str], level: float = LEVEL, resamples: int = 
         table = group.pivot(index="prompt_id", columns="model", values="score")
         passed = group.pivot(index="prompt_id", columns="model", values="passed").astype(bool)
         indices = resample_indices(len(table), resamples, seed)  # the same resamples for every model
-        for model in models:
+        for model in (m for m in models if m in table.columns):
             mean, low, high = bootstrap_ci(table[model], level, indices=indices)
             row = {"split": split, "metric": metric, "model": model, "n": len(table), "mean": mean}
             row |= {"ci_low": low, "ci_high": high, "pass_rate": float(passed[model].mean())}
@@ -182,12 +185,13 @@ def summarise(scores, models: list[str], level: float = LEVEL, resamples: int = 
 
 
 def list_flips(scores, replies):
-    """Examples whose pass/fail differs from the base's, per metric and checkpoint; regressions first."""
+    """Examples whose pass/fail differs from the base's, per metric and checkpoint (not the bag-of-words
+    baseline); regressions first."""
     import pandas as pd
 
     replies = pd.DataFrame(replies).set_index(["split", "prompt_id", "model"])
     base = scores[scores["model"] == BASE].set_index(["split", "prompt_id", "metric"])
-    others = scores[scores["model"] != BASE]
+    others = scores[~scores["model"].isin([BASE, BASELINE])]
     rows = []
     for r in others.itertuples():
         b = base.loc[(r.split, r.prompt_id, r.metric)]
@@ -226,6 +230,18 @@ def _model_info(models: dict) -> dict:
     }
 
 
+def _baseline_replies(baseline: BagOfWords, s) -> list[dict]:
+    """The baseline's predicted answer to each prompt of an eval set, as reply rows."""
+    predicted = baseline.predict(s.prompts)
+    common = {"split": s.split, "model": BASELINE, "tokens": 0, "finish_reason": "stop", "latency_s": 0.0}
+    return [
+        {"prompt_id": i, "where": s.where[i], "prompt": prompt_text(s.prompts[i]), "reference": s.references[i]}
+        | {"text": text}
+        | common
+        for i, text in enumerate(predicted)
+    ]
+
+
 def evaluate(
     models,
     data,
@@ -249,6 +265,7 @@ def evaluate(
     seed: int = 0,
     device=None,
     progress: bool = True,
+    baseline_train=None,
 ) -> EvalResult:
     """Score the base and each checkpoint on `data` (chat JSONL or samples; the reference is each
     sample's last assistant turn).
@@ -259,13 +276,15 @@ def evaluate(
     general-skills probes) or data. draft: a draft model, or "default" / a draft checkpoint / a draft
     run directory, for speculative decoding. max_new_tokens: default from the longest reference
     (`auto_max_new_tokens`). sampling: default greedy. base_model / tokenizer: used as given (else
-    loaded once from `assets`).
+    loaded once from `assets`). baseline_train: a labelled training file; a bag-of-words classifier
+    fitted on it answers the task split as one more model, "bag-of-words" (`fmlab.eval.baseline`).
     """
     started = time.perf_counter()
     if not isinstance(models, dict):
         models = expand_models([models] if isinstance(models, (str, Path)) else models)
     models = {BASE: None, **{k: (None if v is None else resolve_adapter(v)) for k, v in models.items() if k != BASE}}
     sets = [eval_set(data, TASK, limit)]
+    baseline = BagOfWords(baseline_train) if baseline_train is not None else None  # its errors before any decoding
     if (probes := ood_set(ood, limit)) is not None:
         sets.append(probes)
     chosen, why = {}, {}
@@ -301,14 +320,20 @@ def evaluate(
         num_draft_tokens=num_draft_tokens,
         progress=progress,
     )
+    names = list(models)
+    if baseline is not None:
+        start = time.perf_counter()
+        replies += _baseline_replies(baseline, sets[0])
+        timing[BASELINE] = {"generate_s": round(baseline.fit_s + time.perf_counter() - start, 3)}
+        names.append(BASELINE)
     import pandas as pd
 
     scores = score_replies(replies, sets, chosen, threshold)
-    summary = summarise(scores, list(models), level, resamples, seed)
+    summary = summarise(scores, names, level, resamples, seed)
     labels = {}
     for m in chosen[TASK]:
         if m.labels is not None:
-            for name in models:
+            for name in names:
                 texts = [r["text"] for r in replies if r["model"] == name and r["split"] == TASK]
                 confusion = confusion_matrix(texts, sets[0].references, m.labels)
                 labels[name] = {"report": label_report(confusion), "confusion": confusion}
@@ -319,7 +344,7 @@ def evaluate(
         "ood_samples": len(sets[1]) if len(sets) > 1 else 0,
         "metrics": {split: [m.name for m in ms] for split, ms in chosen.items()},
         "metric_choice": {split: w for split, w in why.items() if w},
-        "models": _model_info(models),
+        "models": _model_info(models) | ({BASELINE: baseline.info()} if baseline is not None else {}),
         "decoding": {
             "max_new_tokens": budget,
             "temperature": sampling.temperature,
