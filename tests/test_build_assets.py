@@ -14,7 +14,7 @@ from fmlab.errors import FmlabError
 from fmlab.model.config import LoRAConfig, ModelConfig
 from fmlab.tiny import build
 from fmlab.tiny.corpus import tokenizer_texts
-from fmlab.tiny.mix import SOURCES, WORDNET_LICENCE, documents, mix_tokenizer_texts
+from fmlab.tiny.mix import SOURCES, WORDNET_LICENCE, documents, mix_tokenizer_texts, reading_documents
 from fmlab.tiny.real_text import held_out_keys
 from fmlab.tiny.wordnet import DEFAULT_DIR, read_synsets
 
@@ -145,3 +145,43 @@ def test_the_wordnet_sources_leave_out_the_tasks_held_out_synsets():
     texts = list(mix_tokenizer_texts(recipe, docs))
     assert any('{"' in t for t in texts)  # the JSON drills reach the tokenizer
     assert len(texts) == len(list(tokenizer_texts(recipe.seed))) + recipe.json_chats + 2 * 50  # 50 per WordNet source
+
+
+@pytest.mark.skipif(
+    not (DEFAULT_DIR / "data.noun").is_file(), reason="needs WordNet 3.0 (apt-get install wordnet-base)"
+)
+def test_a_build_with_a_reading_pass_continues_the_base_and_records_it(tmp_path):
+    recipe = mini_recipe(
+        wordnet_text=0.002, wordnet_chats=0.0005, tokenizer_wordnet_docs=20, reading_epochs=1, reading_text=0.004
+    )
+    manifest = build.build_assets(tmp_path / "assets", recipe, work=tmp_path / "work")
+    stages = json.loads((tmp_path / "work" / "stages.json").read_text())
+    assert {"base", "reading", "draft"} <= set(stages) and manifest["seconds"]["reading_s"] > 0
+    assert manifest["base_eval_loss"] == stages["reading"]["eval_loss"] != manifest["base_eval_loss_before_reading"]
+    assert set(manifest["stage_machines"]) == {"base", "reading", "draft"}
+    sources = {s["name"]: s for s in manifest["sources"]}
+    assert all(s["reading_tokens"] > 0 for s in sources.values())
+    assert sum(s["share"] for s in sources.values()) == pytest.approx(1.0, abs=1e-3)
+    reloaded = build.build_assets(tmp_path / "assets", recipe, work=tmp_path / "work")  # all stages done
+    assert reloaded["files"] == manifest["files"]
+
+
+@pytest.mark.skipif(
+    not (DEFAULT_DIR / "data.noun").is_file(), reason="needs WordNet 3.0 (apt-get install wordnet-base)"
+)
+def test_the_reading_pass_reads_all_of_wordnet_again_and_other_definition_chats():
+    recipe = mini_recipe(wordnet_text=0.6, wordnet_chats=0.1, reading_chats=30)
+    first, reading = documents(recipe), reading_documents(recipe)
+    assert list(reading) == ["wordnet-text", "wordnet-chats", "synthetic-chats", "synthetic-text", "json-drills"]
+    assert reading["json-drills"] == first["json-drills"] and reading["synthetic-text"] == first["synthetic-text"]
+    assert len(reading["wordnet-text"]) > len(first["wordnet-text"]) / 0.6 * 0.9  # all of it, not 60%
+    same = set(reading["wordnet-text"]) & set(first["wordnet-text"])
+    assert len(same) < 0.05 * len(first["wordnet-text"])  # grouped anew (a one-entry paragraph can recur)
+    asked = {json.dumps(c) for c in first["wordnet-chats"]}
+    assert len(reading["wordnet-chats"]) == len(first["wordnet-chats"])
+    assert asked.isdisjoint(json.dumps(c) for c in reading["wordnet-chats"])
+    assert reading["synthetic-chats"] == first["synthetic-chats"][:30]
+    read = " ".join(reading["wordnet-text"])
+    synsets = {(s.pos, s.offset): s for s in read_synsets()}
+    seen = [d for d in (synsets[k].definition for k in held_out_keys()) if len(d.split()) >= 5 and d in read]
+    assert len(seen) <= 5, seen  # the task's valid and test synsets stay unread
