@@ -171,7 +171,8 @@ def test_a_build_with_a_reading_pass_continues_the_base_and_records_it(tmp_path)
 )
 def test_the_reading_pass_reads_all_of_wordnet_again_and_other_definition_chats():
     recipe = mini_recipe(wordnet_text=0.6, wordnet_chats=0.1, reading_chats=30)
-    first, reading = documents(recipe), reading_documents(recipe)
+    first = documents(recipe)
+    reading = reading_documents(recipe, first)
     assert list(reading) == ["wordnet-text", "wordnet-chats", "synthetic-chats", "synthetic-text", "json-drills"]
     assert reading["json-drills"] == first["json-drills"] and reading["synthetic-text"] == first["synthetic-text"]
     assert len(reading["wordnet-text"]) > len(first["wordnet-text"]) / 0.6 * 0.9  # all of it, not 60%

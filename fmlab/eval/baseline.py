@@ -60,7 +60,7 @@ class BagOfWords:
         self.vectorizer = TfidfVectorizer(sublinear_tf=True)
         features = self.vectorizer.fit_transform(texts)
         self.classifier = LogisticRegression(C=REGULARISATION, max_iter=5000).fit(features, answers)
-        self.samples, self.answers = len(answers), sorted(set(answers))
+        self.samples, self.labels = len(answers), len(set(answers))
         self.fit_s = time.perf_counter() - start
 
     def predict(self, prompts: list[list[dict]]) -> list[str]:
@@ -71,6 +71,6 @@ class BagOfWords:
             "baseline": "TF-IDF + logistic regression (scikit-learn)",
             "train": self.source,
             "train_samples": self.samples,
-            "answers": len(self.answers),
+            "answers": self.labels,
             "C": REGULARISATION,
         }

@@ -271,7 +271,7 @@ def build_assets(
     reading_tokens = None
     if recipe.reading_epochs and "wordnet-text" in docs:
         read_data, read_held_out, reading_tokens = pretraining_data(
-            tokenizer, recipe, reading_documents(recipe, wordnet_dir)
+            tokenizer, recipe, reading_documents(recipe, docs, wordnet_dir)
         )
         print(f"3/5 base, reading pass: {len(read_data)} batches, {sum(reading_tokens.values()):,} tokens", flush=True)
         read_eval = [b for batches in read_held_out.values() for b in batches]

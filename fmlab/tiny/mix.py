@@ -100,12 +100,13 @@ def documents(recipe, wordnet_dir: str | Path = DEFAULT_DIR) -> dict[str, list]:
     return docs
 
 
-def reading_documents(recipe, wordnet_dir: str | Path = DEFAULT_DIR) -> dict[str, list]:
-    """The base's reading pass (`Recipe.reading_epochs`): WordNet's paragraphs again (a `reading_text`
-    share of them, their entries grouped anew with the next seed), the next `wordnet_chats` slice of
-    definition chats (words the first pass did not ask about), and a rehearsal of the synthetic sources:
-    the first `reading_chats` chats and every plain text and JSON drill. Without the rehearsal the
-    base forgets what the pass leaves out (docs/real-text.md: JSON drills 0.33 -> 3.79 nats per token)."""
+def reading_documents(recipe, docs: dict[str, list], wordnet_dir: str | Path = DEFAULT_DIR) -> dict[str, list]:
+    """The base's reading pass (`Recipe.reading_epochs`) after the first pass over `docs` (`documents`):
+    WordNet's paragraphs again (a `reading_text` share of them, their entries grouped anew with the next
+    seed), the next `wordnet_chats` slice of definition chats (words the first pass did not ask about),
+    and a rehearsal of the synthetic sources: the first `reading_chats` chats and every plain text and
+    JSON drill of `docs`. Without the rehearsal the base forgets what the pass leaves out
+    (docs/real-text.md: JSON drills 0.33 -> 3.79 nats per token)."""
     synsets, exclude = _wordnet(recipe, wordnet_dir)
     texts = pretraining_texts(synsets, recipe.seed + 1, exclude)
     chats = definition_chats(synsets, recipe.seed, exclude)
@@ -113,9 +114,9 @@ def reading_documents(recipe, wordnet_dir: str | Path = DEFAULT_DIR) -> dict[str
     return {
         "wordnet-text": texts[: round(len(texts) * recipe.reading_text)],
         "wordnet-chats": chats[first : 2 * first],
-        "synthetic-chats": chat_samples(recipe.chat_samples, recipe.seed)[: recipe.reading_chats],
-        "synthetic-text": plain_texts(recipe.plain_texts, recipe.seed),
-        "json-drills": json_chats(recipe.json_chats, recipe.seed),
+        "synthetic-chats": docs["synthetic-chats"][: recipe.reading_chats],
+        "synthetic-text": docs["synthetic-text"],
+        "json-drills": docs["json-drills"],
     }
 
 
