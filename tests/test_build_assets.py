@@ -157,6 +157,8 @@ def test_a_build_with_a_reading_pass_continues_the_base_and_records_it(tmp_path)
     manifest = build.build_assets(tmp_path / "assets", recipe, work=tmp_path / "work")
     stages = json.loads((tmp_path / "work" / "stages.json").read_text())
     assert {"base", "reading", "draft"} <= set(stages) and manifest["seconds"]["reading_s"] > 0
+    seconds = manifest["seconds"]
+    assert seconds["total_s"] == pytest.approx(sum(v for k, v in seconds.items() if k not in ("total_s", "last_run_s")))
     assert manifest["base_eval_loss"] == stages["reading"]["eval_loss"] != manifest["base_eval_loss_before_reading"]
     assert set(manifest["stage_machines"]) == {"base", "reading", "draft"}
     sources = {s["name"]: s for s in manifest["sources"]}
