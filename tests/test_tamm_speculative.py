@@ -60,10 +60,12 @@ def greedy_runs():
     not vacuous whichever base and draft are shipped)."""
     tok = load_tokenizer()
     stop = [tok.eos_id, tok.turn_end_id]  # Apple's generate stops on both
-    base, small = load_base().eval(), load_draft().eval()
+    fm_base, fm_draft = load_base().eval(), load_draft().eval()
     for line in (ROOT / "data" / "test.jsonl").read_text().splitlines()[:20]:
         prompt = encode_prompt(tok, [m for m in json.loads(line) if m["role"] != "assistant"])
-        tokens, stats = speculative_generate(base, small, prompt, set(stop), 20, K, Sampling(temperature=0.0), "f32")
+        tokens, stats = speculative_generate(
+            fm_base, fm_draft, prompt, set(stop), 20, K, Sampling(temperature=0.0), "f32"
+        )
         if {0, K} <= set(stats["accepted_per_round"]):
             break
     draft = GreedyTokenGenerator(tamm_from_assets(DRAFT_CONFIG, DRAFT_WEIGHTS), eos_id=stop, pad_id=tok.pad_id)

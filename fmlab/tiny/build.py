@@ -106,7 +106,7 @@ class Recipe:
     draft_epochs: int = 1
     draft_lr: float = 5e-3
     # the base's reading pass after the mix: WordNet again, with a rehearsal of the synthetic sources
-    # (fmlab.tiny.mix.reading_documents); it lifts the real-text adapter from 0.60 to 0.69 and keeps the
+    # (fmlab.tiny.mix.reading_documents); it lifts the real-text adapter from 0.60 to 0.67 and keeps the
     # JSON drills (docs/real-text.md). 0 leaves it out
     reading_epochs: int = 1
     reading_lr: float = 1.5e-3
