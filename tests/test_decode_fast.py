@@ -86,3 +86,20 @@ def test_compiled_fake_quant_is_the_aten_kernel_bit_for_bit():
         value_range = torch.tensor(r)
         with torch.no_grad():
             assert torch.equal(torch.compile(fake_quant_int8)(x, value_range), fake_quant_int8(x, value_range))
+
+
+def test_compiled_step_takes_more_graphs_than_dynamos_default(quantised, monkeypatch):
+    """A session compiles one decode-step graph per model, token count, cache bucket and precision (a
+    k sweep alone makes nine): `compiled_step` lifts dynamo's per-function limit (8 by default; 1 here,
+    so that three graphs show it) instead of failing with "recompile limit exceeded"."""
+    import fmlab.infer.generate as generate
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(generate, "_compiled_step", None)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    cache = new_cache(quantised, 1, 16, "f32", compiled=True)
+    with torch.inference_mode():
+        prefill(quantised, torch.tensor([[1, 5, 9]]), None, cache)
+        for T in (1, 2, 3):
+            extend(quantised, torch.full((1, T), 7), cache, compiled=True)
+    assert torch._dynamo.config.recompile_limit >= generate.STEP_GRAPHS

@@ -57,6 +57,7 @@ def left_pad(prompts: list[list[int]], pad_id: int, eos_id: int):
 
 
 CACHE_BUCKET = 256
+STEP_GRAPHS = 128  # compiled decode-step graphs kept per process (see `compiled_step`)
 _compiled_step = None
 
 
@@ -64,6 +65,10 @@ def compiled_step():
     """`Transformer.step` under torch.compile (one graph per model structure and token count)."""
     global _compiled_step
     if _compiled_step is None:
+        # one graph per (model, token count, cache bucket, precision): a session that decodes a target
+        # and its draft in both precisions, or sweeps k, needs more than dynamo's default of 8
+        dynamo = torch._dynamo.config
+        dynamo.recompile_limit = max(dynamo.recompile_limit, STEP_GRAPHS)
         _compiled_step = torch.compile(Transformer.step, fullgraph=True, dynamic=False)
     return _compiled_step
 
