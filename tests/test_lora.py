@@ -2,15 +2,18 @@
 
 import math
 
+import pytest
 import torch
+from helpers import randomize_lora
 
-from fmlab.model.config import preset
+from fmlab.model.config import LoRAConfig, preset
 from fmlab.model.lora import (
     LoRALinear,
     lora_modules,
     mark_only_lora_trainable,
     merge_lora,
     parameter_split,
+    replace_lora,
     unmerge_lora,
 )
 from fmlab.model.transformer import build_model
@@ -37,14 +40,22 @@ def test_merged_equals_unmerged(tiny_model):
     torch.testing.assert_close(tiny_model(x), before, atol=1e-5, rtol=1e-4)
 
 
-def test_fused_lora_equals_separate_parts(tiny_model):
-    m = tiny_model.layers[0].attn.qkv
-    x = torch.randn(3, m.in_features)
-    sizes = list(m.parts.values())
-    expected = []
-    for part, base_rows in zip(m.parts, m.weight.split(sizes)):
-        expected.append(x @ base_rows.t() + m.scale * (x @ m.lora_a[part]) @ m.lora_b[part])
-    torch.testing.assert_close(m(x), torch.cat(expected, -1))
+@pytest.mark.parametrize("targets", [None, ("q", "v", "gate")])  # None: every part; else some parts plain
+def test_fused_lora_equals_separate_parts(tiny_model, targets):
+    if targets is not None:
+        replace_lora(tiny_model, LoRAConfig(rank=4, alpha=8.0, targets=targets))
+        randomize_lora(tiny_model, 0.1, seed=1)
+    for m in (tiny_model.layers[0].attn.qkv, tiny_model.layers[0].mlp.gate_up):
+        x = torch.randn(3, m.in_features)
+        sizes = list(m.parts.values())
+        expected = []
+        for part, base_rows in zip(m.parts, m.weight.split(sizes)):
+            delta = m.scale * (x @ m.lora_a[part]) @ m.lora_b[part] if part in m.lora_a else 0
+            expected.append(x @ base_rows.t() + delta)
+        # training computes the parts one by one, inference through one block-diagonal B
+        torch.testing.assert_close(m(x), torch.cat(expected, -1))
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), torch.cat(expected, -1))
 
 
 def test_only_lora_is_trainable(tiny_model):

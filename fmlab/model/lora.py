@@ -3,7 +3,9 @@
 
 A projection may be *fused* (QKV, gate/up): its output is a concatenation of named parts and each
 adapted part gets its own A [in, r] and B [r, out_part], as Apple's toolkit does (`lora_0/1/2`).
-The parts are computed together: one matmul with the concatenated A's and one with a block-diagonal B.
+The parts share one matmul with the concatenated A's. Inference then takes one matmul with a
+block-diagonal B (fewer kernels for a few rows); training takes each part's own B, so that neither the
+forward nor the backward multiplies the zero blocks.
 """
 
 from __future__ import annotations
@@ -89,14 +91,16 @@ class LoRALinear(nn.Module):
         """The change LoRA makes to the rows of `part`, shaped like those rows: scale * (A @ B).T."""
         return self.scale * (self.lora_a[part] @ self.lora_b[part]).t()
 
+    def _a(self) -> torch.Tensor:
+        """A of all adapted parts side by side [in, n*r]: one matmul gives every part's x @ A."""
+        if len(self.adapted) == 1:
+            return self.lora_a[self.adapted[0]]
+        return torch.cat([self.lora_a[p] for p in self.adapted], dim=1)
+
     def _build_ab(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A of all adapted parts side by side [in, n*r], and a block-diagonal B [n*r, out]: adapted
-        part i reads its own r columns of x @ A; unadapted parts get zero columns."""
-        a = (
-            torch.cat([self.lora_a[p] for p in self.adapted], dim=1)
-            if len(self.adapted) > 1
-            else self.lora_a[self.adapted[0]]
-        )
+        """`_a()` and a block-diagonal B [n*r, out]: adapted part i reads its own r columns of x @ A;
+        unadapted parts get zero columns."""
+        a = self._a()
         blocks = [
             self.lora_b[part] if part in self.lora_b else self.lora_b[self.adapted[0]].new_zeros(0, size)
             for part, size in self.parts.items()
@@ -110,8 +114,6 @@ class LoRALinear(nn.Module):
             # compiled decoding reads the A/B that `frozen_adapters` refreshed; anything else builds them
             # in the graph (dynamo guards on the flag, so the two never share a compiled graph)
             return self._ab_cache[1:] if _FROZEN_ADAPTERS else self._build_ab()
-        if torch.is_grad_enabled():
-            return self._build_ab()
         # inference: reuse the fused A/B until a LoRA tensor changes (decode is overhead-bound)
         key = tuple((t.data_ptr(), t._version) for t in (*self.lora_a.values(), *self.lora_b.values()))
         if getattr(self, "_ab_cache", (None,))[0] != key:
@@ -122,8 +124,24 @@ class LoRALinear(nn.Module):
         out = linear(x, self.weight)
         if self.merged or not self.adapted:
             return out
+        if torch.is_grad_enabled():
+            return out + self._delta_by_part(self.dropout(x))
         a, b = self._ab()  # b carries the scale
         return out + matmul(matmul(self.dropout(x), a), b)
+
+    def _delta_by_part(self, x: torch.Tensor) -> torch.Tensor:
+        """scale * (x @ A) @ B part by part, for training: a block-diagonal B would multiply (and
+        differentiate) its zero blocks too, 2-3x the work of the B products of a fused projection."""
+        h = x @ self._a()
+        r = h.shape[-1] // len(self.adapted)
+        pieces = []
+        for part, size in self.parts.items():
+            if part in self.lora_b:
+                i = self.adapted.index(part)
+                pieces.append(h[..., i * r : (i + 1) * r] @ (self.lora_b[part] * self.scale))
+            else:
+                pieces.append(h.new_zeros(*h.shape[:-1], size))
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, -1)
 
     def _rows(self):
         start = 0
