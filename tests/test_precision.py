@@ -61,6 +61,27 @@ def test_the_probe_times_one_thread_and_restores_the_count(monkeypatch):
         precision.probe.cache_clear()
 
 
+@pytest.mark.parametrize(("f32", "bf16"), [(50.0, 120.0), (50.0, 0.8)])
+def test_decoding_on_cpu_takes_f32_unless_asked_or_forced(monkeypatch, f32, bf16):
+    """A decode step's few rows are not the probe's matmuls: bf16 autocast re-casts every weight at
+    every token, so CPU decoding's `auto` is f32 even where bf16 is native; training keeps the probe's."""
+    rates = {torch.float32: f32, torch.bfloat16: bf16}
+    monkeypatch.setattr(precision, "matmul_gflops", lambda device, dtype, **kw: rates[dtype])
+    monkeypatch.delenv(precision.ENV, raising=False)
+    precision.probe.cache_clear()
+    try:
+        decoding = choose_precision("auto", "cpu", decoding=True)
+        assert decoding.precision == "f32" and decoding.bf16_gflops == bf16
+        assert choose_precision("auto", "cpu").precision == ("bf16-mixed" if bf16 > f32 else "f32")
+        if bf16 > f32:
+            assert "decoding on cpu" in decoding.reason and f"{bf16:.1f} GFLOP/s" in decoding.reason
+        assert resolve_precision("bf16-mixed", "cpu", decoding=True) == "bf16-mixed"
+        monkeypatch.setenv(precision.ENV, "bf16-mixed")
+        assert resolve_precision("auto", "cpu", decoding=True) == "bf16-mixed"
+    finally:
+        precision.probe.cache_clear()
+
+
 def test_explicit_wins_then_environment_then_probe(monkeypatch):
     monkeypatch.setenv(precision.ENV, "bf16-mixed")
     assert resolve_precision("f32") == "f32"

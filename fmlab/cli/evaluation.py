@@ -150,7 +150,7 @@ def print_summary(result, out=None):
 def cmd_eval(args):
     _check(args)
     device = resolve_device(args.device)
-    choice = choose_precision(args.precision, device)
+    choice = choose_precision(args.precision, device, decoding=True)
     if not args.quiet:
         print(describe_choice(choice), file=sys.stderr)
     result = evaluate(

@@ -182,7 +182,7 @@ def cmd_generate(args):
                 f"draft vocabulary {draft.config.vocab_size} != base vocabulary "
                 f"{model.config.vocab_size}: this draft cannot propose tokens for this base"
             )
-    choice = choose_precision(args.precision, device)
+    choice = choose_precision(args.precision, device, decoding=True)
     print(describe_choice(choice), file=sys.stderr)
     precision = choice.precision
     if precision == "bf16":  # bf16 weights throughout (Apple's reportedly degenerate mode)

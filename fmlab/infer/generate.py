@@ -142,7 +142,7 @@ def generate_ids(
     sampling = sampling or Sampling()
     model, compiled = unwrap_compiled(model, compile_model)
     device = model.embedding.weight.device
-    precision = resolve_precision(precision, device)
+    precision = resolve_precision(precision, device, decoding=True)
     ids, seg = left_pad(prompts, pad_id, eos_id)
     check_context(model, ids.shape[1], max_new_tokens)
     gen = torch.Generator(device=device).manual_seed(sampling.seed)

@@ -60,7 +60,7 @@ def speculative_generate(
     target, compiled = unwrap_compiled(target, compile_model)
     draft, _ = unwrap_compiled(draft, compiled)
     device = target.embedding.weight.device
-    precision = resolve_precision(precision, device)
+    precision = resolve_precision(precision, device, decoding=True)
     check_context(target, len(prompt), max_new_tokens)
     gen = torch.Generator(device=device).manual_seed(s.seed)
     size = len(prompt) + max_new_tokens + k + 1

@@ -101,7 +101,8 @@ def check_devices() -> list[Check]:
             "cpu",
             WARN if slow else OK,
             f"{cpu_name()}, {torch.get_num_threads()} threads, {speeds}; auto picks {auto.precision}"
-            + (f" ({auto.reason})" if auto.reason.startswith(ENV) else ""),
+            + (f" ({auto.reason})" if auto.reason.startswith(ENV) else "")
+            + f", {choose_precision(AUTO, 'cpu', decoding=True).precision} for decoding",
             f"bf16 is {cpu.f32_gflops / max(cpu.bf16_gflops, 1e-9):.0f}x slower than f32 on this CPU (no native bf16): "
             "keep --precision auto (f32 here); an explicit bf16-mixed would be that much slower"
             if slow
