@@ -96,10 +96,11 @@ def test_compiled_step_takes_more_graphs_than_dynamos_default(quantised, monkeyp
 
     torch._dynamo.reset()
     monkeypatch.setattr(generate, "_compiled_step", None)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    cache = new_cache(quantised, 1, 16, "f32", compiled=True)
-    with torch.inference_mode():
+    # dynamo's own patch, not monkeypatch: monkeypatch's undo deletes the attribute, which hides the
+    # option from dynamo for the rest of the session
+    with torch._dynamo.config.patch(recompile_limit=1), torch.inference_mode():
+        cache = new_cache(quantised, 1, 16, "f32", compiled=True)
         prefill(quantised, torch.tensor([[1, 5, 9]]), None, cache)
         for T in (1, 2, 3):
             extend(quantised, torch.full((1, T), 7), cache, compiled=True)
-    assert torch._dynamo.config.recompile_limit >= generate.STEP_GRAPHS
+        assert torch._dynamo.config.recompile_limit >= generate.STEP_GRAPHS

@@ -64,11 +64,12 @@ _compiled_step = None
 def compiled_step():
     """`Transformer.step` under torch.compile (one graph per model structure and token count)."""
     global _compiled_step
+    # one graph per (model, token count, cache bucket, precision): a session that decodes a target and
+    # its draft in both precisions, or sweeps k, needs more than dynamo's default of 8. Checked at every
+    # call, since a caller may have put the process-wide limit back since the first
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(dynamo.recompile_limit, STEP_GRAPHS)
     if _compiled_step is None:
-        # one graph per (model, token count, cache bucket, precision): a session that decodes a target
-        # and its draft in both precisions, or sweeps k, needs more than dynamo's default of 8
-        dynamo = torch._dynamo.config
-        dynamo.recompile_limit = max(dynamo.recompile_limit, STEP_GRAPHS)
         _compiled_step = torch.compile(Transformer.step, fullgraph=True, dynamic=False)
     return _compiled_step
 
