@@ -70,7 +70,11 @@ def compiled_step():
     dynamo = torch._dynamo.config
     dynamo.recompile_limit = max(dynamo.recompile_limit, STEP_GRAPHS)
     if _compiled_step is None:
-        _compiled_step = torch.compile(Transformer.step, fullgraph=True, dynamic=False)
+        # dynamo's guards already pin every input's shape and strides: the graph's own checks of them
+        # (one per weight, about 200 Python calls) cost 0.2 ms of a 2.3 ms step of the embedded base
+        _compiled_step = torch.compile(
+            Transformer.step, fullgraph=True, dynamic=False, options={"size_asserts": False, "alignment_asserts": False}
+        )
     return _compiled_step
 
 
